@@ -1,0 +1,109 @@
+"""Benchmark of the job store on the local stack: Start latency and status queries.
+
+Run by hand after `relion-zo stack up`:  python bench/bench_store.py [--jobs 500]
+It writes a throw-away visit with real commits and deletes it afterwards. Results and method
+go to docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from ispyb.sqlalchemy import (
+    AutoProcProgram, BLSession, DataCollection, DataCollectionGroup, ProcessingJob,
+    ProcessingJobImageSweep, ProcessingJobParameter, Proposal,
+)
+from relion_zo import jobs, programs, stack, status, synthetic
+from relion_zo.config import SiteConfig
+from relion_zo.db import make_engine
+from relion_zo.demo import seed_visit
+
+PARAMS = {"angpix": "1.0", "voltage": "300", "Cs": "2.7", "motioncor_doseperframe": "1.0"}
+
+
+def cleanup(engine, session_id):
+    with Session(engine) as db:
+        dcs = select(DataCollection.dataCollectionId).where(DataCollection.SESSIONID == session_id)
+        pjs = select(ProcessingJob.processingJobId).where(ProcessingJob.dataCollectionId.in_(dcs))
+        db.execute(delete(AutoProcProgram).where(AutoProcProgram.processingJobId.in_(pjs)))
+        db.execute(delete(ProcessingJobParameter).where(ProcessingJobParameter.processingJobId.in_(pjs)))
+        db.execute(delete(ProcessingJobImageSweep).where(ProcessingJobImageSweep.processingJobId.in_(pjs)))
+        db.execute(delete(ProcessingJob).where(ProcessingJob.dataCollectionId.in_(dcs)))
+        db.execute(delete(DataCollection).where(DataCollection.SESSIONID == session_id))
+        db.execute(delete(DataCollectionGroup).where(DataCollectionGroup.sessionId == session_id))
+        proposal = db.execute(select(BLSession.proposalId).where(BLSession.sessionId == session_id)).scalar()
+        db.execute(delete(BLSession).where(BLSession.sessionId == session_id))
+        db.execute(delete(Proposal).where(Proposal.proposalId == proposal))
+        db.commit()
+
+
+def ms(values):
+    values = sorted(values)
+    return (f"median {statistics.median(values) * 1000:.2f} ms, "
+            f"p95 {values[int(0.95 * (len(values) - 1))] * 1000:.2f} ms (n={len(values)})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=500)
+    args = parser.parse_args()
+    settings = stack.StackSettings.from_env()
+    engine = make_engine(settings.credentials_path)
+    name = f"bb{uuid.uuid4().int % 10**8:08d}-1"
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        site = SiteConfig(data_roots=[data], visit_directory=str(data) + "/{year}/{visit}",
+                          ispyb_credentials=settings.credentials_path)
+        raw = data / "2026" / name / "raw"
+        with Session(engine) as db:
+            session_id = seed_visit(db, name, start=dt.datetime(2026, 11, 1))
+        try:
+            start_times = []
+            for i in range(args.jobs):
+                synthetic.write_gain(raw / f"dc{i}_1.mrc", size=8)
+                t0 = time.perf_counter()
+                with Session(engine, expire_on_commit=False) as db:
+                    result = jobs.start_job(db, site, PARAMS, visit=name, image_directory=str(raw),
+                                            file_template=f"dc{i}_*.mrc")
+                start_times.append(time.perf_counter() - t0)
+                with Session(engine) as db:  # mix of states: half finished, some running
+                    if i % 2 == 0:
+                        app = programs.register(db, result.processing_job_id)
+                        programs.mark_running(db, app)
+                        if i % 4 == 0:
+                            programs.finish(db, app, success=True, message="done")
+            print(f"start_job (new data collection, {args.jobs} jobs): {ms(start_times)}")
+            for label, kw in (("visit", {"session_id": session_id}),
+                              ("one job", {"processing_job_id": result.processing_job_id})):
+                times = []
+                for _ in range(50):
+                    t0 = time.perf_counter()
+                    with Session(engine) as db:
+                        rows = status.query_states(db, stale_seconds=30, **kw)
+                    times.append(time.perf_counter() - t0)
+                print(f"status of {label} ({len(rows)} jobs): {ms(times)}")
+                times = []
+                for _ in range(50):
+                    t0 = time.perf_counter()
+                    with Session(engine) as db:
+                        rows = status.query_states_sql(db, stale_seconds=30, **kw)
+                    times.append(time.perf_counter() - t0)
+                print(f"sql/job_status.sql for {label} ({len(rows)} jobs): {ms(times)}")
+        finally:
+            cleanup(engine, session_id)
+    engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The ``relion-zo`` command: one subcommand per module, each a ``main(argv)``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Explicit registry: subcommand -> (module, one-line help). Modules load only when used.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "start": ("relion_zo.cli.start", "write a processing job for a folder of movies"),
+    "status": ("relion_zo.cli.status", "job states by job id, data collection or visit"),
+    "stack": ("relion_zo.cli.stack", "start or stop the local MariaDB and RabbitMQ"),
+    "demo-data": ("relion_zo.cli.demo_data", "seed a demo visit with synthetic movies"),
+    "demo": ("relion_zo.cli.demo", "the whole demo on the local stack"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: relion-zo COMMAND [options]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "relion-zo COMMAND --help shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return module.main(rest)
+    except SystemExit as exc:  # argparse's --help and usage errors
+        return exc.code if isinstance(exc.code, int) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

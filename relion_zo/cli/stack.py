@@ -1,0 +1,38 @@
+"""``relion-zo stack up|down|status``: the local MariaDB and RabbitMQ for the demo and tests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from relion_zo import stack
+from relion_zo.cli.common import guarded
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relion-zo stack", description=__doc__)
+    parser.add_argument("action", choices=("up", "down", "status"))
+    parser.add_argument("--root", help="the stack's private folder (default ./.stack)")
+    parser.add_argument("--json", action="store_true", help="print the status as JSON")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        settings = stack.StackSettings.from_env(Path(args.root) if args.root else None)
+        if args.action == "down":
+            stack.down(settings)
+            print("local stack stopped")
+            return 0
+        info = stack.up(settings) if args.action == "up" else stack.status(settings)
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        for name in ("mariadb", "rabbitmq"):
+            server = info[name]
+            state = f"running (pid {server['pid']})" if server["running"] else "stopped"
+            print(f"{name:9} 127.0.0.1:{server['port']}  {state}")
+        print(f"export ISPYB_CREDENTIALS={info['credentials']}")
+        print(f"export ZOCALO_CONFIG={info['zocalo_config']}")
+        return 0 if args.action == "up" or all(info[n]["running"] for n in ("mariadb", "rabbitmq")) else 3
+
+    return guarded(body)

@@ -1,0 +1,82 @@
+"""``relion-zo start``: write a processing job for a folder of movies (SynchWeb's Start)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from relion_zo import jobs
+from relion_zo.cli.common import add_config_option, guarded, open_site
+from relion_zo.db import session_scope
+from relion_zo.errors import InputError
+from relion_zo.parameters import pairs_from_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relion-zo start", description=__doc__)
+    add_config_option(parser)
+    where = parser.add_argument_group("what to process (a data collection id, or all three)")
+    where.add_argument("--dcid", type=int, help="an existing DataCollection id")
+    where.add_argument("--visit", help="visit name, e.g. cm12345-1")
+    where.add_argument("--image-directory", help="absolute path of the raw movie folder")
+    where.add_argument("--file-template", help="glob of movies inside it, e.g. '*.tiff'")
+    parser.add_argument(
+        "--param", "-p", action="append", default=[], metavar="KEY=VALUE",
+        help="a relion_it option; repeat for more",
+    )
+    parser.add_argument(
+        "--params-file", metavar="FILE", help="YAML or JSON mapping of relion_it options"
+    )
+    parser.add_argument("--display-name", help="ProcessingJob.displayName")
+    parser.add_argument("--comments", help="ProcessingJob.comments")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def read_params_file(path: str) -> list[tuple[str, object]]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read parameters file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"parameters file {path} is not YAML or JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"parameters file {path} must hold a mapping of option names")
+    return list(data.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        pairs = read_params_file(args.params_file) if args.params_file else []
+        pairs += pairs_from_args(args.param)
+        config, engine = open_site(args)
+        try:
+            with session_scope(engine) as db:
+                result = jobs.start_job(
+                    db,
+                    config,
+                    pairs,
+                    visit=args.visit,
+                    image_directory=args.image_directory,
+                    file_template=args.file_template,
+                    data_collection_id=args.dcid,
+                    display_name=args.display_name,
+                    comments=args.comments,
+                )
+        finally:
+            engine.dispose()
+        if args.json:
+            print(json.dumps(result.__dict__))
+        else:
+            print(
+                f"processing job {result.processing_job_id} submitted for data collection "
+                f"{result.data_collection_id} ({result.movies} movies so far)"
+            )
+        return 0
+
+    return guarded(body)

@@ -1,0 +1,136 @@
+"""A demo visit: ISPyB rows, a raw folder of synthetic movies, a gain reference, a site file."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from ispyb.sqlalchemy import BLSession, Person, Proposal
+from relion_zo import synthetic
+from relion_zo.visits import parse_visit_name
+
+DEMO_VISIT = "cm00001-1"
+RAW_SUBFOLDER = "raw"
+FILE_TEMPLATE = "GridSquare_*/Data/*.mrc"
+GAIN_NAME = "gain.mrc"
+DEMO_PARAMETERS = {
+    "angpix": 1.0,
+    "voltage": 300,
+    "Cs": 2.7,
+    "motioncor_doseperframe": 1.0,
+    "motioncor_gainreference": GAIN_NAME,
+    "motioncor_patches_x": 1,
+    "motioncor_patches_y": 1,
+    "stop_after_motion_correction": True,
+}
+
+
+@dataclass(frozen=True)
+class DemoVisit:
+    session_id: int
+    visit: str
+    config_path: Path
+    visit_directory: Path
+    image_directory: Path
+    file_template: str
+    parameters_path: Path
+
+
+def seed_visit(db: Session, visit: str, *, beamline: str = "m01", start: dt.datetime) -> int:
+    """Find or create Person, Proposal and BLSession for ``visit``; returns the session id."""
+    code, number, visit_number = parse_visit_name(visit)
+    proposal_id = db.execute(
+        select(Proposal.proposalId).where(
+            Proposal.proposalCode == code, Proposal.proposalNumber == number
+        )
+    ).scalar()
+    if proposal_id is None:
+        person_id = db.execute(select(Person.personId).where(Person.login == "demo")).scalar()
+        if person_id is None:
+            person_id = db.execute(
+                insert(Person).values(givenName="Demo", familyName="User", login="demo")
+            ).inserted_primary_key[0]
+        proposal_id = db.execute(
+            insert(Proposal).values(
+                personId=person_id,
+                proposalCode=code,
+                proposalNumber=number,
+                title="relion_zo demo",
+                proposalType="em",
+            )
+        ).inserted_primary_key[0]
+    session_id = db.execute(
+        select(BLSession.sessionId).where(
+            BLSession.proposalId == proposal_id, BLSession.visit_number == visit_number
+        )
+    ).scalar()
+    if session_id is None:
+        session_id = db.execute(
+            insert(BLSession).values(
+                proposalId=proposal_id,
+                visit_number=visit_number,
+                beamLineName=beamline,
+                startDate=start,
+                endDate=start + dt.timedelta(days=2),
+            )
+        ).inserted_primary_key[0]
+    db.commit()
+    return session_id
+
+
+def write_site_config(path: Path, data_root: Path, credentials: Path, zocalo: Path | None) -> Path:
+    config = {
+        "data_roots": [str(data_root)],
+        "visit_directory": str(data_root) + "/{year}/{visit}",
+        "project_directory": "{visit_directory}/processed/relion_{processing_job_id}",
+        "heartbeat_seconds": 5,
+        "stale_heartbeats": 3,
+        "ispyb_credentials": str(credentials),
+        "zocalo_config": str(zocalo) if zocalo else None,
+        "executables": {"relion_pipeliner": "relion_pipeliner", "ctffind": None},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def make_demo(
+    db: Session,
+    root: Path,
+    credentials: Path,
+    zocalo: Path | None = None,
+    *,
+    visit: str = DEMO_VISIT,
+    movies: int = 4,
+    size: int = 512,
+    frames: int = 8,
+) -> DemoVisit:
+    """Seed the visit and write its files under ``root``. Safe to run again."""
+    root = root.resolve()
+    start = dt.datetime.now().replace(microsecond=0)
+    session_id = seed_visit(db, visit, start=start)
+    start_year = db.execute(
+        select(BLSession.startDate).where(BLSession.sessionId == session_id)
+    ).scalar()
+    data_root = root / "data"
+    visit_dir = data_root / str(start_year.year) / visit
+    image_dir = visit_dir / RAW_SUBFOLDER
+    grid = image_dir / "GridSquare_1" / "Data"
+    existing = sorted(grid.glob("*.mrc"))
+    if len(existing) < movies:
+        synthetic.write_movies(grid, movies - len(existing), start=len(existing) + 1,
+                               size=size, frames=frames)
+    gain = visit_dir / "processing" / GAIN_NAME
+    if not gain.exists():
+        synthetic.write_gain(gain, size=size)
+    config_path = write_site_config(root / "relion_zo.yaml", data_root, credentials, zocalo)
+    parameters_path = root / "parameters.yaml"
+    parameters_path.write_text(yaml.safe_dump(DEMO_PARAMETERS, sort_keys=False))
+    return DemoVisit(
+        session_id, visit, config_path, visit_dir, image_dir, FILE_TEMPLATE, parameters_path
+    )

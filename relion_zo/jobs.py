@@ -1,0 +1,295 @@
+"""ProcessingJob writes and reads: Start (with the duplicate guard) and ``load_job``.
+
+Start checks everything first and then writes DataCollection (found or created), ProcessingJob,
+its ProcessingJobParameter rows and a ProcessingJobImageSweep in one transaction. The visit's
+BLSession row (or the given DataCollection row) is locked ``FOR UPDATE`` for that transaction, so
+two Starts for one data collection are serialised and the second sees the first's job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, or_, select
+from sqlalchemy.orm import Session
+
+from ispyb.sqlalchemy import (
+    BLSession,
+    DataCollection,
+    DataCollectionGroup,
+    ProcessingJob,
+    ProcessingJobImageSweep,
+    ProcessingJobParameter,
+)
+from relion_zo import parameters as params_mod
+from relion_zo import status as status_mod
+from relion_zo.config import SiteConfig
+from relion_zo.errors import ActiveJobError, InputError, NotFoundError
+from relion_zo.parameters import ParameterError, RelionItParameters
+from relion_zo.paths import checked_absolute, checked_relative, confine
+from relion_zo.project import check_gain_reference
+from relion_zo.visits import Visit, find_visit, visit_by_session_id, visit_directory
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_LENGTH = 255  # DataCollection.fileTemplate
+DIRECTORY_LENGTH = 255  # DataCollection.imageDirectory
+
+
+@dataclass(frozen=True)
+class StartResult:
+    processing_job_id: int
+    data_collection_id: int
+    created_data_collection: bool
+    movies: int
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything the wrapper needs about one processing job, typed."""
+
+    processing_job_id: int
+    data_collection_id: int
+    recipe: str
+    visit: Visit
+    visit_directory: Path
+    image_directory: Path
+    file_template: str
+    parameters: RelionItParameters
+    raw_parameters: tuple[tuple[str, str], ...]
+
+
+def _norm_dir(path: Path) -> str:
+    return str(path).rstrip("/") + "/"
+
+
+def find_movies(image_directory: Path, template: str) -> list[Path]:
+    return sorted(p for p in image_directory.glob(template) if p.is_file())
+
+
+def check_movies(config: SiteConfig, visit_dir: Path, image_directory: str | Path, template: str):
+    """Check a raw folder and file template; returns (resolved folder, number of movies)."""
+    folder = checked_absolute(image_directory, "image directory")
+    if len(_norm_dir(folder)) > DIRECTORY_LENGTH:
+        raise InputError(f"image directory is longer than {DIRECTORY_LENGTH} characters")
+    if not folder.is_dir():
+        raise InputError(f"image directory {folder} does not exist or is not a folder")
+    confine(folder, config.data_roots, "image directory")
+    confine(folder, [visit_dir], "image directory")
+    checked_relative(template, "file template")
+    if len(template) > TEMPLATE_LENGTH:
+        raise InputError(f"file template is longer than {TEMPLATE_LENGTH} characters")
+    if not template.lower().endswith(params_mod.MOVIE_SUFFIXES):
+        raise InputError(
+            f"file template {template!r} must end in a movie suffix "
+            f"({', '.join(params_mod.MOVIE_SUFFIXES)})"
+        )
+    movies = find_movies(folder, template)
+    if not movies:
+        raise InputError(f"file template {template!r} matches no file in {folder}")
+    for movie in movies:
+        confine(movie, [visit_dir], "movie")
+    return folder, len(movies)
+
+
+def check_parameters_on_disk(params: RelionItParameters, visit_dir: Path) -> None:
+    if params.motioncor_gainreference:
+        try:
+            check_gain_reference(params.motioncor_gainreference, visit_dir)
+        except InputError as exc:
+            raise ParameterError("motioncor_gainreference", str(exc)) from None
+
+
+def _lock_session(db: Session, session_id: int) -> None:
+    db.execute(
+        select(BLSession.sessionId).where(BLSession.sessionId == session_id).with_for_update()
+    )
+
+
+def _find_data_collection(db: Session, session_id: int, folder: Path, template: str) -> int | None:
+    plain = str(folder).rstrip("/")
+    return db.execute(
+        select(DataCollection.dataCollectionId)
+        .where(
+            DataCollection.SESSIONID == session_id,
+            or_(DataCollection.imageDirectory == plain, DataCollection.imageDirectory == plain + "/"),
+            DataCollection.fileTemplate == template,
+        )
+        .order_by(DataCollection.dataCollectionId.desc())
+        .limit(1)
+    ).scalar()
+
+
+def _create_data_collection(db: Session, session_id: int, folder: Path, template: str) -> int:
+    now = dt.datetime.now()
+    dcg = db.execute(
+        insert(DataCollectionGroup).values(
+            sessionId=session_id, experimentType="EM", startTime=now
+        )
+    ).inserted_primary_key[0]
+    suffix = Path(template).suffix.lstrip(".")
+    return db.execute(
+        insert(DataCollection).values(
+            dataCollectionGroupId=dcg,
+            SESSIONID=session_id,
+            imageDirectory=_norm_dir(folder),
+            fileTemplate=template,
+            imageSuffix=suffix,
+            startTime=now,
+            runStatus="DataCollection Successful",
+        )
+    ).inserted_primary_key[0]
+
+
+def _data_collection_row(db: Session, dcid: int, *, lock: bool = False):
+    stmt = select(
+        DataCollection.dataCollectionId,
+        DataCollection.SESSIONID,
+        DataCollection.imageDirectory,
+        DataCollection.fileTemplate,
+    ).where(DataCollection.dataCollectionId == dcid)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = db.execute(stmt).first()
+    if row is None:
+        raise NotFoundError(f"unknown data collection {dcid}")
+    if row.SESSIONID is None:
+        raise InputError(f"data collection {dcid} belongs to no visit")
+    if not row.imageDirectory or not row.fileTemplate:
+        raise InputError(f"data collection {dcid} has no image directory or file template")
+    return row
+
+
+def start_job(
+    db: Session,
+    config: SiteConfig,
+    parameters: Iterable[tuple[str, Any]] | Mapping[str, Any],
+    *,
+    visit: str | None = None,
+    image_directory: str | Path | None = None,
+    file_template: str | None = None,
+    data_collection_id: int | None = None,
+    display_name: str | None = None,
+    comments: str | None = None,
+    automatic: bool = False,
+) -> StartResult:
+    """Check everything, then write the job in one transaction and commit it.
+
+    Either ``data_collection_id`` or all of ``visit``, ``image_directory`` and ``file_template``.
+    Raises a ``RelionZoError`` and writes nothing when any check fails.
+    """
+    typed = params_mod.parse(parameters)
+    try:
+        if data_collection_id is not None:
+            if visit or image_directory or file_template:
+                raise InputError("give either a data collection id or visit, folder and template")
+            row = _data_collection_row(db, data_collection_id, lock=True)
+            the_visit = visit_by_session_id(db, row.SESSIONID)
+            folder_text, template = row.imageDirectory, row.fileTemplate
+        else:
+            missing = [
+                name
+                for name, value in (
+                    ("visit", visit),
+                    ("image directory", image_directory),
+                    ("file template", file_template),
+                )
+                if not value
+            ]
+            if missing:
+                raise InputError(f"Start needs {', '.join(missing)} (or a data collection id)")
+            the_visit = find_visit(db, visit)
+            folder_text, template = image_directory, file_template
+        visit_dir = visit_directory(config, the_visit)
+        folder, movies = check_movies(config, visit_dir, folder_text, template)
+        check_parameters_on_disk(typed, visit_dir)
+
+        created = False
+        if data_collection_id is None:
+            _lock_session(db, the_visit.session_id)
+            data_collection_id = _find_data_collection(db, the_visit.session_id, folder, template)
+            if data_collection_id is None:
+                data_collection_id = _create_data_collection(
+                    db, the_visit.session_id, folder, template
+                )
+                created = True
+            else:
+                _data_collection_row(db, data_collection_id, lock=True)
+
+        active = status_mod.active_jobs(
+            db, data_collection_id, stale_seconds=config.stale_seconds
+        )
+        if active:
+            raise ActiveJobError(data_collection_id, active[0].processing_job_id, active[0].state)
+
+        pjid = db.execute(
+            insert(ProcessingJob).values(
+                dataCollectionId=data_collection_id,
+                displayName=(display_name or "RELION")[:80],
+                comments=comments[:255] if comments else None,
+                recipe=status_mod.RECIPE,
+                automatic=1 if automatic else 0,
+            )
+        ).inserted_primary_key[0]
+        rows = params_mod.explicit_items(typed)
+        db.execute(
+            insert(ProcessingJobParameter),
+            [{"processingJobId": pjid, "parameterKey": k, "parameterValue": v} for k, v in rows],
+        )
+        db.execute(
+            insert(ProcessingJobImageSweep).values(
+                processingJobId=pjid,
+                dataCollectionId=data_collection_id,
+                startImage=1,
+                endImage=movies,
+            )
+        )
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+    log.info("processing job %s written for data collection %s", pjid, data_collection_id)
+    return StartResult(pjid, data_collection_id, created, movies)
+
+
+def load_job(db: Session, config: SiteConfig, processing_job_id: int) -> JobSpec:
+    """Read and type one job; an unknown id or bad stored parameters raise a clear error."""
+    job = db.execute(
+        select(ProcessingJob.processingJobId, ProcessingJob.dataCollectionId, ProcessingJob.recipe)
+        .where(ProcessingJob.processingJobId == processing_job_id)
+    ).first()
+    if job is None:
+        raise NotFoundError(f"unknown processing job {processing_job_id}")
+    if job.recipe != status_mod.RECIPE:
+        raise InputError(
+            f"processing job {processing_job_id} has recipe {job.recipe!r}, not {status_mod.RECIPE!r}"
+        )
+    if job.dataCollectionId is None:
+        raise InputError(f"processing job {processing_job_id} has no data collection")
+    dc = _data_collection_row(db, job.dataCollectionId)
+    raw = tuple(
+        (k, v)
+        for k, v in db.execute(
+            select(ProcessingJobParameter.parameterKey, ProcessingJobParameter.parameterValue)
+            .where(ProcessingJobParameter.processingJobId == processing_job_id)
+            .order_by(ProcessingJobParameter.processingJobParameterId)
+        ).all()
+    )
+    typed = params_mod.parse(raw)
+    the_visit = visit_by_session_id(db, dc.SESSIONID)
+    return JobSpec(
+        processing_job_id=processing_job_id,
+        data_collection_id=dc.dataCollectionId,
+        recipe=job.recipe,
+        visit=the_visit,
+        visit_directory=visit_directory(config, the_visit),
+        image_directory=Path(dc.imageDirectory.rstrip("/") or "/"),
+        file_template=dc.fileTemplate,
+        parameters=typed,
+        raw_parameters=raw,
+    )

@@ -1,0 +1,169 @@
+"""The relion_it parameter schema: RELION 3.1 relion_it option names, types, defaults, ranges.
+
+ISPyB stores every value as a string (``ProcessingJobParameter.parameterValue``). The same schema
+types them at Start, before anything is written, and again in the wrapper before anything touches
+disk. Errors name the key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from relion_zo.errors import InputError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+KEY_LENGTH = 80  # ProcessingJobParameter.parameterKey
+VALUE_LENGTH = 1024  # ProcessingJobParameter.parameterValue
+MOVIE_SUFFIXES = (".mrc", ".mrcs", ".tif", ".tiff", ".eer")
+
+
+class ParameterError(InputError):
+    """A parameter is unknown, repeated, of the wrong type or out of range."""
+
+    def __init__(self, key: str | None, message: str):
+        self.key = key
+        super().__init__(f"parameter {key}: {message}" if key else message)
+
+
+class RelionItParameters(BaseModel):
+    """relion_it 3.1 options that relion_zo reads. Keys are relion_it's own names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- General / import
+    import_images: str | None = Field(
+        default=None,
+        max_length=VALUE_LENGTH,
+        description="glob of movies relative to the project's Movies link; "
+        "default: the data collection's file template",
+    )
+    angpix: float = Field(gt=0, le=20, description="pixel size of the movies in Å")
+    voltage: float = Field(ge=60, le=400, description="acceleration voltage in kV")
+    Cs: float = Field(ge=0, le=10, description="spherical aberration in mm")
+    ampl_contrast: float = Field(default=0.1, ge=0, le=1)
+    stop_after_ctf_estimation: bool = True
+    # relion_zo extension (not a relion_it key): motion correction is the last stage.
+    stop_after_motion_correction: bool = False
+    # --- Streaming
+    preprocess_repeat_times: int = Field(default=999, ge=1, le=100000)
+    preprocess_repeat_wait: int = Field(default=1, ge=0, le=3600, description="seconds")
+    # --- Motion correction
+    motioncor_do_own: bool = True
+    motioncor_exe: str | None = Field(default=None, max_length=VALUE_LENGTH)
+    motioncor_doseperframe: float = Field(gt=0, le=20, description="e/Å² per frame")
+    motioncor_binning: int = Field(default=1, ge=1, le=8)
+    motioncor_gainreference: str = Field(default="", max_length=VALUE_LENGTH)
+    motioncor_gainflip: str = Field(default="No flipping (0)", max_length=80)
+    motioncor_gainrot: str = Field(default="No rotation (0)", max_length=80)
+    motioncor_defectfile: str = Field(default="", max_length=VALUE_LENGTH)
+    motioncor_bfactor: float = Field(default=150, ge=0, le=10000)
+    motioncor_patches_x: int = Field(default=4, ge=1, le=20)
+    motioncor_patches_y: int = Field(default=4, ge=1, le=20)
+    motioncor_threads: int = Field(default=1, ge=1, le=256)
+    motioncor_mpi: int = Field(default=1, ge=1, le=256)
+    motioncor_gpu: str = Field(default="0", max_length=80)
+    motioncor_other_args: str = Field(default="", max_length=VALUE_LENGTH)
+    motioncor_submit_to_queue: bool = False
+    # --- CTF estimation
+    use_ctffind_instead: bool = True
+    ctffind_boxsize: int = Field(default=512, ge=64, le=4096)
+    ctffind_astigmatism: float = Field(default=100, ge=0, le=100000)
+    ctffind_maxres: float = Field(default=5, gt=0, le=100)
+    ctffind_minres: float = Field(default=30, gt=0, le=1000)
+    ctffind_defocus_min: float = Field(default=5000, ge=0, le=100000)
+    ctffind_defocus_max: float = Field(default=50000, ge=0, le=200000)
+    ctffind_defocus_step: float = Field(default=500, gt=0, le=10000)
+    ctffind_do_phaseshift: bool = False
+    ctffind_mpi: int = Field(default=1, ge=1, le=256)
+    ctffind_submit_to_queue: bool = False
+    # --- Picking, extraction, 2D (wired for later stages)
+    autopick_do_cryolo: bool = False
+    autopick_LoG_diam_min: float = Field(default=150, gt=0, le=10000)
+    autopick_LoG_diam_max: float = Field(default=180, gt=0, le=10000)
+    autopick_LoG_adjust_threshold: float = Field(default=0.0, ge=-10, le=10)
+    extract_boxsize: int = Field(default=256, ge=16, le=4096)
+    extract_downscale: bool = False
+    extract_small_boxsize: int = Field(default=64, ge=16, le=4096)
+    do_class2d: bool = True
+    class2d_nr_classes: int = Field(default=50, ge=1, le=1000)
+    class2d_nr_iter: int = Field(default=20, ge=1, le=1000)
+
+    @field_validator("import_images")
+    @classmethod
+    def _relative_glob(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be a glob relative to the Movies folder, without '..'")
+        if not value.lower().endswith(MOVIE_SUFFIXES):
+            raise ValueError(f"must end in a movie suffix ({', '.join(MOVIE_SUFFIXES)})")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+FIELDS = RelionItParameters.model_fields
+REQUIRED = tuple(name for name, field in FIELDS.items() if field.is_required())
+
+
+def to_text(value: Any) -> str:
+    """The string ISPyB stores for a typed value; ``parse`` reads it back to the same value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def pairs_from_args(items: Iterable[str]) -> list[tuple[str, str]]:
+    """Split ``key=value`` command-line items."""
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParameterError(None, f"expected key=value, got {item!r}")
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def parse(pairs: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> RelionItParameters:
+    """Type and check parameters given as (key, value) pairs; values may be strings."""
+    items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
+    raw: dict[str, str] = {}
+    for key, value in items:
+        if not isinstance(key, str) or not key:
+            raise ParameterError(None, f"parameter keys must be non-empty strings, got {key!r}")
+        if key not in FIELDS:
+            raise ParameterError(key, "unknown key (relion_it option names only)")
+        if key in raw:
+            raise ParameterError(key, "given more than once")
+        if value is None:
+            raise ParameterError(key, "has no value")
+        text = to_text(value)
+        if len(text) > VALUE_LENGTH:
+            raise ParameterError(key, f"value longer than {VALUE_LENGTH} characters")
+        raw[key] = text
+    missing = [k for k in REQUIRED if k not in raw]
+    if missing:
+        raise ParameterError(missing[0], "is required" + (
+            f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""))
+    try:
+        return RelionItParameters.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else None
+        given = raw.get(key or "", "")
+        raise ParameterError(key, f"{first['msg'].lower()} (got {given!r})") from None
+
+
+def explicit_items(params: RelionItParameters) -> list[tuple[str, str]]:
+    """The keys a user set, as the strings ISPyB stores, in schema order."""
+    given = params.model_fields_set
+    return [(k, to_text(getattr(params, k))) for k in FIELDS if k in given]

@@ -1,0 +1,170 @@
+"""The AutoProcProgram writer, following ISPyB's own rules (``upsert_processing_program_v2``).
+
+- the start time is set once;
+- while a job runs, every update sets ``processingEndTime`` to now: it is the heartbeat;
+- a final status (0 or 1) is written once and never changed: every update below is guarded by
+  ``processingStatus IS NULL``, so a late heartbeat or a second finish changes nothing.
+
+Times are the database's ``NOW()``, the same clock the status rules compare against. Each call is
+its own short transaction and commits. Only the columns named here are touched, so a database
+without ``AutoProcProgram.jobUuid`` (schema 5.0) works too.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from ispyb.sqlalchemy import AutoProcProgram, AutoProcProgramAttachment, AutoProcProgramMessage
+from relion_zo.status import STOPPED_PREFIX
+
+log = logging.getLogger(__name__)
+
+MESSAGE_LENGTH = 255  # AutoProcProgram.processingMessage
+PROGRAMS_LENGTH = 255
+COMMAND_LENGTH = 255
+ENVIRONMENT_LENGTH = 255
+NOTE_LENGTH = 200  # AutoProcProgramMessage.message
+FILE_TYPES = ("Log", "Result", "Graph", "Debug", "Input")
+SEVERITIES = ("ERROR", "WARNING", "INFO")
+
+
+def clip(text: str | None, length: int) -> str | None:
+    if text is None:
+        return None
+    text = " ".join(str(text).split())
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def _commit(db: Session, stmt, *, key: bool = False) -> int:
+    """Run one statement in its own transaction; the row count, or the new key if ``key``."""
+    try:
+        result = db.execute(stmt)
+        value = result.inserted_primary_key[0] if key else result.rowcount
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+    return value
+
+
+def register(
+    db: Session,
+    processing_job_id: int,
+    *,
+    programs: str = "RELION",
+    command_line: str | None = None,
+    environment: str | None = None,
+    message: str | None = None,
+) -> int:
+    """A new program for a job: queued (no start time, no status). Returns its id."""
+    return _commit(
+        db,
+        insert(AutoProcProgram).values(
+            processingJobId=processing_job_id,
+            processingPrograms=clip(programs, PROGRAMS_LENGTH),
+            processingCommandLine=clip(command_line, COMMAND_LENGTH),
+            processingEnvironment=clip(environment, ENVIRONMENT_LENGTH),
+            processingMessage=clip(message, MESSAGE_LENGTH),
+            recordTimeStamp=func.now(),
+        ),
+        key=True,
+    )
+
+
+def mark_running(db: Session, program_id: int, message: str | None = "running") -> bool:
+    """Set the start time (once) and the first heartbeat. False when already final."""
+    values = {
+        "processingStartTime": func.coalesce(AutoProcProgram.processingStartTime, func.now()),
+        "processingEndTime": func.now(),
+    }
+    if message is not None:
+        values["processingMessage"] = clip(message, MESSAGE_LENGTH)
+    return bool(_commit(db, _open(program_id).values(**values)))
+
+
+def heartbeat(db: Session, program_id: int, message: str | None = None) -> bool:
+    """Move the heartbeat (and the progress message). False when the program is final."""
+    values = {"processingEndTime": func.now()}
+    if message is not None:
+        values["processingMessage"] = clip(message, MESSAGE_LENGTH)
+    return bool(_commit(db, _open(program_id).values(**values)))
+
+
+def finish(db: Session, program_id: int, *, success: bool, message: str) -> bool:
+    """Write the final status once. Returns False (and changes nothing) if one was written."""
+    written = _commit(
+        db,
+        _open(program_id).values(
+            processingStatus=1 if success else 0,
+            processingMessage=clip(message, MESSAGE_LENGTH),
+            processingStartTime=func.coalesce(AutoProcProgram.processingStartTime, func.now()),
+            processingEndTime=func.now(),
+        ),
+    )
+    if not written:
+        log.warning("program %s already has a final status; kept it", program_id)
+    return bool(written)
+
+
+def finish_stopped(db: Session, program_id: int, detail: str = "") -> bool:
+    """A user's stop: status 1 with the documented prefix, so it is told apart from success."""
+    text = STOPPED_PREFIX + (f": {detail}" if detail else "")
+    return finish(db, program_id, success=True, message=text)
+
+
+def _open(program_id: int):
+    return update(AutoProcProgram).where(
+        AutoProcProgram.autoProcProgramId == program_id,
+        AutoProcProgram.processingStatus.is_(None),
+    )
+
+
+def attach(
+    db: Session, program_id: int, path: Path, file_type: str = "Log", importance_rank: int = 1
+) -> int:
+    if file_type not in FILE_TYPES:
+        raise ValueError(f"file type {file_type!r} is not one of {FILE_TYPES}")
+    path = Path(path)
+    return _commit(
+        db,
+        insert(AutoProcProgramAttachment).values(
+            autoProcProgramId=program_id,
+            fileType=file_type,
+            fileName=path.name[:255],
+            filePath=str(path.parent)[:255],
+            importanceRank=importance_rank,
+            recordTimeStamp=func.now(),
+        ),
+        key=True,
+    )
+
+
+def add_message(
+    db: Session, program_id: int, severity: str, message: str, description: str | None = None
+) -> int:
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity {severity!r} is not one of {SEVERITIES}")
+    return _commit(
+        db,
+        insert(AutoProcProgramMessage).values(
+            autoProcProgramId=program_id,
+            severity=severity,
+            message=clip(message, NOTE_LENGTH),
+            description=description,
+        ),
+        key=True,
+    )
+
+
+def programs_of_job(db: Session, processing_job_id: int) -> list[int]:
+    return list(
+        db.execute(
+            select(AutoProcProgram.autoProcProgramId)
+            .where(AutoProcProgram.processingJobId == processing_job_id)
+            .order_by(AutoProcProgram.autoProcProgramId)
+        ).scalars()
+    )

@@ -1,0 +1,431 @@
+"""The local stack: MariaDB and RabbitMQ from Debian's packages, run as the current user's
+processes in a private folder, bound to loopback, for the demo and the tests.
+
+``up`` is idempotent: it starts what is not running, waits until each server answers, creates
+the ISPyB database, its user and its tables (from the ``ispyb`` package's ORM models) once, and
+writes the credentials files. ``down`` stops both by pid and leaves nothing running. A facility
+points its site file at its real servers instead and never calls this module.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from relion_zo.errors import RelionZoError
+
+log = logging.getLogger(__name__)
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+EPMD = "/usr/lib/erlang/bin/epmd"
+DB_USER = "relion_zo"
+MQ_USER = "relion_zo"
+START_TIMEOUT = 90.0
+
+
+class StackError(RelionZoError):
+    """A local server would not start or stop."""
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    root: Path
+    mariadb_port: int = 33061
+    rabbitmq_port: int = 56721
+    epmd_port: int = 43691
+    dist_port: int = 46721
+    database: str = "ispyb"
+    node: str = field(default="relion_zo@localhost")
+
+    @classmethod
+    def from_env(cls, root: Path | None = None) -> StackSettings:
+        env = os.environ
+        return cls(
+            root=Path(root or env.get("RELION_ZO_STACK") or ".stack").absolute(),
+            mariadb_port=int(env.get("RELION_ZO_MARIADB_PORT", 33061)),
+            rabbitmq_port=int(env.get("RELION_ZO_RABBITMQ_PORT", 56721)),
+            epmd_port=int(env.get("RELION_ZO_EPMD_PORT", 43691)),
+            dist_port=int(env.get("RELION_ZO_RABBITMQ_DIST_PORT", 46721)),
+        )
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.root / "ispyb.ini"
+
+    @property
+    def zocalo_config_path(self) -> Path:
+        return self.root / "zocalo.yaml"
+
+    @property
+    def mariadb_dir(self) -> Path:
+        return self.root / "mariadb"
+
+    @property
+    def rabbitmq_dir(self) -> Path:
+        return self.root / "rabbitmq"
+
+    @property
+    def socket(self) -> Path:
+        return self.mariadb_dir / "mysqld.sock"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.root / "secrets.json"
+
+
+# ---------------------------------------------------------------- process helpers
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int | None, needle: str) -> bool:
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state != "Z" and needle in cmdline
+
+
+def _stop_pid(pid: int | None, needle: str, timeout: float = 30.0) -> None:
+    if not _alive(pid, needle):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid, needle):
+            return
+        time.sleep(0.2)
+    log.warning("pid %s (%s) ignored SIGTERM; killing it", pid, needle)
+    os.kill(pid, signal.SIGKILL)
+
+
+def _log_tail(path: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"{path} is missing"
+
+
+def _secrets(settings: StackSettings) -> dict[str, str]:
+    """Passwords made once per stack folder and kept (mode 0600) so ``up`` twice is stable."""
+    path = settings.secrets_path
+    if path.exists():
+        return json.loads(path.read_text())
+    values = {"mariadb": secrets.token_urlsafe(18), "rabbitmq": secrets.token_urlsafe(18)}
+    settings.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(values, handle)
+    return values
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+# ---------------------------------------------------------------- MariaDB
+
+
+def _mariadb_pid(settings: StackSettings) -> int | None:
+    return _read_pid(settings.mariadb_dir / "mariadbd.pid")
+
+
+def _mariadb_running(settings: StackSettings) -> bool:
+    return _alive(_mariadb_pid(settings), "mariadbd")
+
+
+def _start_mariadb(settings: StackSettings) -> None:
+    folder = settings.mariadb_dir
+    data = folder / "data"
+    user = getpass.getuser()
+    if not (data / "mysql").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            ["mariadb-install-db", "--no-defaults", f"--datadir={data}", f"--user={user}",
+             "--auth-root-authentication-method=socket", "--skip-test-db"],
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise StackError(f"mariadb-install-db failed: {result.stderr.strip()[-400:]}")
+    error_log = folder / "error.log"
+    with open(folder / "stdout.log", "ab") as out:
+        server = subprocess.Popen(
+            ["mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={settings.socket}",
+             f"--port={settings.mariadb_port}", "--bind-address=127.0.0.1",
+             f"--pid-file={folder / 'mariadbd.pid'}", f"--log-error={error_log}",
+             f"--user={user}", "--skip-name-resolve", "--innodb-buffer-pool-size=256M",
+             "--max-connections=300", "--character-set-server=utf8mb4"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and server.poll() is None:
+        if settings.socket.exists() and _mariadb_running(settings):
+            try:
+                _root_sql(settings, "SELECT 1")
+                return
+            except StackError:
+                pass
+        time.sleep(0.2)
+    raise StackError(f"MariaDB did not start (exit {server.poll()}) within {START_TIMEOUT:.0f} s: {_log_tail(error_log)}")
+
+
+def _root_sql(settings: StackSettings, *statements: str) -> None:
+    import MySQLdb  # mysqlclient; imported here so nothing connects or loads at import time
+
+    try:
+        conn = MySQLdb.connect(unix_socket=str(settings.socket), user="root")
+    except MySQLdb.Error as exc:
+        raise StackError(f"cannot connect to the local MariaDB as root: {exc}") from None
+    try:
+        cursor = conn.cursor()
+        for statement in statements:
+            cursor.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _prepare_database(settings: StackSettings, password: str) -> None:
+    import MySQLdb
+
+    db, user = settings.database, DB_USER
+    quoted = MySQLdb.string_literal(password.encode()).decode()
+    statements = [f"CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4"]
+    for host in ("localhost", "127.0.0.1"):
+        statements += [
+            f"CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY {quoted}",
+            f"ALTER USER '{user}'@'{host}' IDENTIFIED BY {quoted}",
+            f"GRANT ALL PRIVILEGES ON `{db}`.* TO '{user}'@'{host}'",
+        ]
+    _root_sql(settings, *statements)
+    _write_private(
+        settings.credentials_path,
+        "[ispyb_sqlalchemy]\n"
+        f"username = {user}\npassword = {password}\nhost = 127.0.0.1\n"
+        f"port = {settings.mariadb_port}\ndatabase = {db}\n",
+    )
+
+
+def create_schema(engine) -> None:
+    """ISPyB's tables from the ``ispyb`` package's ORM models, and ``AdminVar.schemaVersion``."""
+    from sqlalchemy import insert, select
+    from sqlalchemy.orm import Session
+
+    from ispyb.sqlalchemy import AdminVar, Base, __schema_version__
+
+    Base.metadata.create_all(engine)
+    with Session(engine) as db:
+        known = db.execute(select(AdminVar.value).where(AdminVar.name == "schemaVersion")).first()
+        if known is None:
+            db.execute(insert(AdminVar).values(name="schemaVersion", value=__schema_version__))
+            db.commit()
+
+
+def _schema_ready(settings: StackSettings) -> bool:
+    return (settings.mariadb_dir / "schema.done").exists()
+
+
+# ---------------------------------------------------------------- RabbitMQ
+
+
+def _rabbit_env(settings: StackSettings) -> dict[str, str]:
+    home = settings.rabbitmq_dir
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+    env.update(
+        HOME=str(home),
+        RABBITMQ_HOME="/usr/lib/rabbitmq/lib/rabbitmq_server-" + _rabbit_version(),
+        RABBITMQ_MNESIA_BASE=str(home / "mnesia"),
+        RABBITMQ_LOG_BASE=str(home / "log"),
+        RABBITMQ_PID_FILE=str(home / "rabbitmq.pid"),
+        RABBITMQ_NODENAME=settings.node,
+        RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+        RABBITMQ_NODE_PORT=str(settings.rabbitmq_port),
+        RABBITMQ_DIST_PORT=str(settings.dist_port),
+        ERL_EPMD_PORT=str(settings.epmd_port),
+        ERL_EPMD_ADDRESS="127.0.0.1",
+        RABBITMQ_CONFIG_FILE=str(home / "rabbitmq"),
+        RABBITMQ_ENABLED_PLUGINS_FILE=str(home / "enabled_plugins"),
+        RABBITMQ_ADVANCED_CONFIG_FILE=str(home / "advanced.config"),
+        RABBITMQ_CONF_ENV_FILE=str(home / "rabbitmq-env.conf"),
+    )
+    return env
+
+
+def _rabbit_version() -> str:
+    versions = sorted(p.name for p in Path("/usr/lib/rabbitmq/lib").glob("rabbitmq_server-*"))
+    if not versions:
+        raise StackError("rabbitmq-server is not installed (run scripts/install-deps.sh)")
+    return versions[-1].split("-", 1)[1]
+
+
+def _rabbit_pid(settings: StackSettings) -> int | None:
+    return _read_pid(settings.rabbitmq_dir / "rabbitmq.pid")
+
+
+def _rabbit_running(settings: StackSettings) -> bool:
+    return _alive(_rabbit_pid(settings), "beam")
+
+
+def _ctl(settings: StackSettings, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [RABBITMQCTL, "-n", settings.node, *args],
+        env=_rabbit_env(settings), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def _start_rabbitmq(settings: StackSettings, password: str) -> None:
+    home = settings.rabbitmq_dir
+    (home / "log").mkdir(parents=True, exist_ok=True)
+    cookie = home / ".erlang.cookie"
+    if not cookie.exists():
+        _write_private(cookie, secrets.token_hex(20))
+        cookie.chmod(0o400)
+    (home / "enabled_plugins").write_text("[].\n")
+    (home / "rabbitmq.conf").write_text(
+        "listeners.tcp.default = 127.0.0.1:%d\nloopback_users = none\n" % settings.rabbitmq_port
+    )
+    (home / "advanced.config").write_text("[].\n")
+    (home / "rabbitmq-env.conf").write_text("")
+    env = _rabbit_env(settings)
+    with open(home / "log" / "stdout.log", "ab") as out:
+        server = subprocess.Popen(
+            [RABBITMQ_SERVER], env=env, cwd=home, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            result = _ctl(settings, "await_startup", "--timeout", "5", timeout=15)
+        except subprocess.TimeoutExpired:
+            continue
+        if result.returncode == 0 and _rabbit_running(settings):
+            break
+        time.sleep(0.5)
+    else:
+        raise StackError(
+            f"RabbitMQ did not start (exit {server.poll()}) within {START_TIMEOUT:.0f} s: "
+            f"{_log_tail(home / 'log' / 'stdout.log')}"
+        )
+    users = _ctl(settings, "list_users", "--quiet").stdout.split()
+    if MQ_USER not in users:
+        _check(_ctl(settings, "add_user", MQ_USER, password), "add_user")
+    else:
+        _check(_ctl(settings, "change_password", MQ_USER, password), "change_password")
+    _check(_ctl(settings, "set_permissions", "-p", "/", MQ_USER, ".*", ".*", ".*"), "permissions")
+
+
+def _check(result: subprocess.CompletedProcess, what: str) -> None:
+    if result.returncode != 0:
+        raise StackError(f"rabbitmqctl {what} failed: {result.stderr.strip() or result.stdout}")
+
+
+def _write_zocalo_config(settings: StackSettings, password: str) -> None:
+    config = {
+        "version": 1,
+        "rabbitmq": {
+            "plugin": "pika",
+            "host": "127.0.0.1",
+            "port": settings.rabbitmq_port,
+            "username": MQ_USER,
+            "password": password,
+            "vhost": "/",
+        },
+        "environments": {"local": {"plugins": ["rabbitmq"]}},
+    }
+    _write_private(settings.zocalo_config_path, yaml.safe_dump(config, sort_keys=False))
+
+
+def _stop_epmd(settings: StackSettings) -> None:
+    env = _rabbit_env(settings)
+    if shutil.which(EPMD) or Path(EPMD).exists():
+        subprocess.run([EPMD, "-kill"], env=env, capture_output=True, timeout=10)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if "epmd" in cmd and f"ERL_EPMD_PORT={settings.epmd_port}".encode() in environ:
+            _stop_pid(int(proc.name), "epmd", timeout=5)
+
+
+# ---------------------------------------------------------------- the three commands
+
+
+def up(settings: StackSettings) -> dict:
+    settings.root.mkdir(parents=True, exist_ok=True)
+    passwords = _secrets(settings)
+    if not _mariadb_running(settings):
+        log.info("starting MariaDB on 127.0.0.1:%s", settings.mariadb_port)
+        _start_mariadb(settings)
+    if not settings.credentials_path.exists() or not _schema_ready(settings):
+        _prepare_database(settings, passwords["mariadb"])
+        from relion_zo.db import make_engine
+
+        engine = make_engine(settings.credentials_path)
+        try:
+            create_schema(engine)
+        finally:
+            engine.dispose()
+        (settings.mariadb_dir / "schema.done").write_text("ok\n")
+    if not _rabbit_running(settings):
+        log.info("starting RabbitMQ on 127.0.0.1:%s", settings.rabbitmq_port)
+        _start_rabbitmq(settings, passwords["rabbitmq"])
+    if not settings.zocalo_config_path.exists():
+        _write_zocalo_config(settings, passwords["rabbitmq"])
+    return status(settings)
+
+
+def down(settings: StackSettings) -> None:
+    if _rabbit_running(settings):
+        try:
+            _ctl(settings, "stop", timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    _stop_pid(_rabbit_pid(settings), "beam")
+    _stop_epmd(settings)
+    _stop_pid(_mariadb_pid(settings), "mariadbd")
+
+
+def status(settings: StackSettings) -> dict:
+    return {
+        "root": str(settings.root),
+        "mariadb": {
+            "running": _mariadb_running(settings),
+            "pid": _mariadb_pid(settings) if _mariadb_running(settings) else None,
+            "port": settings.mariadb_port,
+        },
+        "rabbitmq": {
+            "running": _rabbit_running(settings),
+            "pid": _rabbit_pid(settings) if _rabbit_running(settings) else None,
+            "port": settings.rabbitmq_port,
+        },
+        "credentials": str(settings.credentials_path),
+        "zocalo_config": str(settings.zocalo_config_path),
+    }

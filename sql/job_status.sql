@@ -1,0 +1,43 @@
+-- relion_zo job states, the same rules as relion_zo/status.py (docs/status.md).
+-- One row per relion ProcessingJob, state from its newest AutoProcProgram.
+-- Bind parameters (NULL filters match everything):
+--   :stale_seconds        heartbeat age after which a running job is lost
+--   :processing_job_id    one job
+--   :data_collection_id   one data collection
+--   :session_id           one visit (BLSession.sessionId)
+-- At a MariaDB prompt, put a value (or NULL) in place of each bind parameter.
+SELECT
+    pj.processingJobId AS processing_job_id,
+    pj.dataCollectionId AS data_collection_id,
+    dc.SESSIONID AS session_id,
+    app.autoProcProgramId AS auto_proc_program_id,
+    app.processingStartTime AS start_time,
+    app.processingEndTime AS heartbeat,
+    app.processingStatus AS processing_status,
+    app.processingMessage AS message,
+    CASE
+        WHEN app.autoProcProgramId IS NULL THEN 'submitted'
+        WHEN app.processingStatus = 1
+             AND app.processingMessage LIKE 'Stopped by user%' THEN 'stopped'
+        WHEN app.processingStatus = 1 THEN 'success'
+        WHEN app.processingStatus IS NOT NULL THEN 'failure'
+        WHEN app.processingStartTime IS NULL THEN 'queued'
+        WHEN TIMESTAMPDIFF(SECOND,
+                           COALESCE(app.processingEndTime, app.processingStartTime),
+                           NOW()) > :stale_seconds THEN 'lost'
+        ELSE 'running'
+    END AS state
+FROM ProcessingJob pj
+JOIN DataCollection dc ON dc.dataCollectionId = pj.dataCollectionId
+LEFT JOIN AutoProcProgram app
+    ON app.processingJobId = pj.processingJobId
+   AND app.autoProcProgramId = (
+       SELECT MAX(newest.autoProcProgramId)
+       FROM AutoProcProgram newest
+       WHERE newest.processingJobId = pj.processingJobId
+   )
+WHERE pj.recipe = 'relion'
+  AND (:processing_job_id IS NULL OR pj.processingJobId = :processing_job_id)
+  AND (:data_collection_id IS NULL OR pj.dataCollectionId = :data_collection_id)
+  AND (:session_id IS NULL OR dc.SESSIONID = :session_id)
+ORDER BY pj.processingJobId;
