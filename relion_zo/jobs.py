@@ -32,7 +32,7 @@ from relion_zo.config import SiteConfig
 from relion_zo.errors import ActiveJobError, InputError, NotFoundError
 from relion_zo.parameters import ParameterError, RelionItParameters
 from relion_zo.paths import checked_absolute, checked_relative, confine
-from relion_zo.project import check_gain_reference
+from relion_zo.project import check_gain_reference, visit_file
 from relion_zo.visits import Visit, find_visit, visit_by_session_id, visit_directory
 
 log = logging.getLogger(__name__)
@@ -98,11 +98,18 @@ def check_movies(config: SiteConfig, visit_dir: Path, image_directory: str | Pat
 
 
 def check_parameters_on_disk(params: RelionItParameters, visit_dir: Path) -> None:
-    if params.motioncor_gainreference:
-        try:
-            check_gain_reference(params.motioncor_gainreference, visit_dir)
-        except InputError as exc:
-            raise ParameterError("motioncor_gainreference", str(exc)) from None
+    """Files the parameters name must exist inside the visit; the gain must read as MRC."""
+    checks = (
+        ("motioncor_gainreference", check_gain_reference),
+        ("motioncor_defectfile", lambda value, visit: visit_file(value, visit, "defect file")),
+    )
+    for key, check in checks:
+        value = getattr(params, key)
+        if value:
+            try:
+                check(value, visit_dir)
+            except InputError as exc:
+                raise ParameterError(key, str(exc)) from None
 
 
 def _lock_session(db: Session, session_id: int) -> None:

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from relion_zo.errors import InputError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 KEY_LENGTH = 80  # ProcessingJobParameter.parameterKey
 VALUE_LENGTH = 1024  # ProcessingJobParameter.parameterValue
@@ -48,25 +55,29 @@ class RelionItParameters(BaseModel):
     stop_after_motion_correction: bool = False
     # --- Streaming
     preprocess_repeat_times: int = Field(default=999, ge=1, le=100000)
-    preprocess_repeat_wait: int = Field(default=1, ge=0, le=3600, description="seconds")
+    preprocess_repeat_wait: float = Field(
+        default=1, ge=0, le=60, description="minutes between passes that found no new movie"
+    )
     # --- Motion correction
     motioncor_do_own: bool = True
-    motioncor_exe: str | None = Field(default=None, max_length=VALUE_LENGTH)
     motioncor_doseperframe: float = Field(gt=0, le=20, description="e/Å² per frame")
     motioncor_binning: int = Field(default=1, ge=1, le=8)
     motioncor_gainreference: str = Field(default="", max_length=VALUE_LENGTH)
-    motioncor_gainflip: str = Field(default="No flipping (0)", max_length=80)
-    motioncor_gainrot: str = Field(default="No rotation (0)", max_length=80)
+    motioncor_gainflip: Literal[
+        "No flipping (0)", "Flip upside down (1)", "Flip left to right (2)"
+    ] = "No flipping (0)"
+    motioncor_gainrot: Literal[
+        "No rotation (0)", "90 degrees (1)", "180 degrees (2)", "270 degrees (3)"
+    ] = "No rotation (0)"
     motioncor_defectfile: str = Field(default="", max_length=VALUE_LENGTH)
     motioncor_bfactor: float = Field(default=150, ge=0, le=10000)
-    motioncor_patches_x: int = Field(default=4, ge=1, le=20)
-    motioncor_patches_y: int = Field(default=4, ge=1, le=20)
+    motioncor_patches_x: int = Field(default=5, ge=1, le=20)
+    motioncor_patches_y: int = Field(default=5, ge=1, le=20)
     motioncor_threads: int = Field(default=1, ge=1, le=256)
     motioncor_mpi: int = Field(default=1, ge=1, le=256)
-    motioncor_gpu: str = Field(default="0", max_length=80)
-    motioncor_other_args: str = Field(default="", max_length=VALUE_LENGTH)
+    motioncor_gpu: str = Field(default="0", pattern=r"^[0-9:,]*$", max_length=80)
     motioncor_submit_to_queue: bool = False
-    # --- CTF estimation
+    # --- CTF estimation (CTFFIND 4.1; its executable comes from the site file)
     use_ctffind_instead: bool = True
     ctffind_boxsize: int = Field(default=512, ge=64, le=4096)
     ctffind_astigmatism: float = Field(default=100, ge=0, le=100000)
@@ -78,17 +89,24 @@ class RelionItParameters(BaseModel):
     ctffind_do_phaseshift: bool = False
     ctffind_mpi: int = Field(default=1, ge=1, le=256)
     ctffind_submit_to_queue: bool = False
-    # --- Picking, extraction, 2D (wired for later stages)
+    # --- Picking, extraction, classification: accepted and written to relion_it_options.py;
+    # relion_zo runs no stage after CTF estimation yet (stop_after_ctf_estimation must be true).
+    autopick_do_LoG: bool = True
     autopick_do_cryolo: bool = False
     autopick_LoG_diam_min: float = Field(default=150, gt=0, le=10000)
     autopick_LoG_diam_max: float = Field(default=180, gt=0, le=10000)
-    autopick_LoG_adjust_threshold: float = Field(default=0.0, ge=-10, le=10)
+    autopick_LoG_adjust_threshold: float = Field(default=0.0, ge=-1, le=1)
     extract_boxsize: int = Field(default=256, ge=16, le=4096)
     extract_downscale: bool = False
     extract_small_boxsize: int = Field(default=64, ge=16, le=4096)
     do_class2d: bool = True
+    do_class3d: bool = True
+    do_second_pass: bool = True
+    batch_size: int = Field(default=10000, ge=1, le=10_000_000)
     class2d_nr_classes: int = Field(default=50, ge=1, le=1000)
     class2d_nr_iter: int = Field(default=20, ge=1, le=1000)
+    mask_diameter: float = Field(default=190, gt=0, le=10000)
+    symmetry: str = Field(default="C1", pattern=r"^[A-Za-z][0-9A-Za-z]*$", max_length=10)
 
     @field_validator("import_images")
     @classmethod
@@ -100,6 +118,14 @@ class RelionItParameters(BaseModel):
         if not value.lower().endswith(MOVIE_SUFFIXES):
             raise ValueError(f"must end in a movie suffix ({', '.join(MOVIE_SUFFIXES)})")
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RelionItParameters:
+        if self.ctffind_minres <= self.ctffind_maxres:
+            raise ValueError("ctffind_minres must be larger than ctffind_maxres (both in Å)")
+        if self.ctffind_defocus_min >= self.ctffind_defocus_max:
+            raise ValueError("ctffind_defocus_min must be below ctffind_defocus_max")
+        return self
 
     @field_validator("*", mode="after")
     @classmethod
@@ -160,7 +186,9 @@ def parse(pairs: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> RelionItParam
         first = exc.errors()[0]
         key = str(first["loc"][0]) if first["loc"] else None
         given = raw.get(key or "", "")
-        raise ParameterError(key, f"{first['msg'].lower()} (got {given!r})") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        msg = msg[:1].lower() + msg[1:]
+        raise ParameterError(key, f"{msg} (got {given!r})" if key else msg) from None
 
 
 def explicit_items(params: RelionItParameters) -> list[tuple[str, str]]:

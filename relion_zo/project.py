@@ -12,23 +12,24 @@ from relion_zo.paths import checked_relative, confine
 PROCESSING_FOLDER = "processing"
 
 
-def gain_reference_path(value: str, visit_dir: Path) -> Path:
-    """``motioncor_gainreference`` as a path: absolute, or relative to ``<visit>/processing``."""
+def visit_file(value: str, visit_dir: Path, what: str) -> Path:
+    """A file named in the parameters: absolute, or relative to ``<visit>/processing``; it must
+    exist and resolve (links followed) inside the visit."""
     path = Path(value)
     if not path.is_absolute():
-        checked_relative(value, "gain reference")
+        checked_relative(value, what)
         path = visit_dir / PROCESSING_FOLDER / path
     elif ".." in path.parts:
-        raise InputError(f"gain reference {value!r} must not contain '..'")
-    return path
+        raise InputError(f"{what} {value!r} must not contain '..'")
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist")
+    return confine(path, [visit_dir], what)
 
 
 def check_gain_reference(value: str, visit_dir: Path) -> Path:
     """The gain reference must exist inside the visit and read as a 2D MRC image."""
-    path = gain_reference_path(value, visit_dir)
-    if not path.is_file():
-        raise InputError(f"gain reference {path} does not exist")
-    real = confine(path, [visit_dir], "gain reference")
+    path = visit_file(value, visit_dir, "gain reference")
+    real = path
     try:
         with mrcfile.open(real, permissive=False, header_only=True) as mrc:
             nx, ny, nz = (int(mrc.header.nx), int(mrc.header.ny), int(mrc.header.nz))

@@ -45,7 +45,9 @@ def test_only_given_keys_are_stored():
         ([("import_images", "../other/*.mrc")], "import_images", "relative"),
         ([("import_images", "/abs/*.mrc")], "import_images", "relative"),
         ([("import_images", "Movies/*.txt")], "import_images", "movie suffix"),
-        ([("motioncor_other_args", "x" * 1025)], "motioncor_other_args", "longer than 1024"),
+        ([("import_images", "x" * 1021 + ".mrc")], "import_images", "longer than 1024"),
+        ([("motioncor_gainrot", "sideways")], "motioncor_gainrot", "No rotation (0)"),
+        ([("motioncor_gpu", "0; rm -rf /")], "motioncor_gpu", "pattern"),
     ],
 )
 def test_bad_values_name_the_key(extra, key, words):
@@ -77,13 +79,18 @@ def test_missing_required_keys_are_named():
 
 
 def test_key_value_arguments():
-    assert p.pairs_from_args(["angpix=1.0", "motioncor_other_args=--a=b"]) == [
-        ("angpix", "1.0"), ("motioncor_other_args", "--a=b")]
+    assert p.pairs_from_args(["angpix=1.0", "import_images=a=b/*.mrc"]) == [
+        ("angpix", "1.0"), ("import_images", "a=b/*.mrc")]
     with pytest.raises(p.ParameterError):
         p.pairs_from_args(["angpix"])
 
 
 def test_sql_looking_values_are_plain_text():
-    value = "x'; DROP TABLE ProcessingJob; --"
-    typed = p.parse(GOOD + [("motioncor_other_args", value)])
-    assert typed.motioncor_other_args == value
+    value = "x'; DROP TABLE ProcessingJob; --.mrc"
+    typed = p.parse(GOOD + [("import_images", value)])
+    assert typed.import_images == value
+
+
+def test_ranges_that_depend_on_each_other():
+    with pytest.raises(p.ParameterError, match="ctffind_minres"):
+        p.parse(GOOD + [("ctffind_minres", "4"), ("ctffind_maxres", "5")])

@@ -96,11 +96,12 @@ def test_start_by_data_collection_id(db, site, visit):
 
 
 def test_sql_looking_values_are_stored_verbatim(db, site, visit):
-    value = "--x '); DROP TABLE ProcessingJob; --"
-    result = start(db, site, visit, {**GOOD_PARAMS, "motioncor_other_args": value})
+    value = "--x '); DROP TABLE ProcessingJob; --.mrc"
+    result = start(db, site, visit, {**GOOD_PARAMS, "import_images": value},
+                   comments="'; DELETE FROM DataCollection; --")
     stored = db.execute(select(ProcessingJobParameter.parameterValue).where(
         ProcessingJobParameter.processingJobId == result.processing_job_id,
-        ProcessingJobParameter.parameterKey == "motioncor_other_args")).scalar_one()
+        ProcessingJobParameter.parameterKey == "import_images")).scalar_one()
     assert stored == value
     assert db.execute(text("SELECT COUNT(*) FROM ProcessingJob")).scalar() >= 1
 
@@ -133,6 +134,8 @@ def _bad_cases(visit, site):
                          ParameterError, "motioncor_gainreference"),
         "gain unreadable": (dict(params={**p, "motioncor_gainreference": "bad.mrc"}),
                             ParameterError, "not a readable MRC"),
+        "missing defect file": (dict(params={**p, "motioncor_defectfile": "defects.txt"}),
+                                ParameterError, "motioncor_defectfile"),
         "missing folder": (dict(image_directory=str(visit.directory / "nope")), InputError,
                            "does not exist"),
         "empty folder": (dict(image_directory=str(empty)), InputError, "matches no file"),
@@ -156,7 +159,7 @@ def _bad_cases(visit, site):
 
 CASES = [
     "unknown key", "repeated key", "wrong type", "voltage range", "pixel size range",
-    "dose range", "missing gain", "gain not mrc", "gain unreadable", "missing folder", "empty folder",
+    "dose range", "missing gain", "gain not mrc", "gain unreadable", "missing defect file", "missing folder", "empty folder",
     "template matches nothing", "template not a movie", "template climbs out", "relative folder",
     "dotdot folder", "outside data roots", "symlink escape", "another visit's folder",
     "unknown visit", "malformed visit", "unknown dcid", "dcid and folder", "nothing to process",
