@@ -28,7 +28,8 @@ from relion_zo.config import SiteConfig
 from relion_zo.db import make_engine
 from relion_zo.demo import seed_visit
 
-PARAMS = {"angpix": "1.0", "voltage": "300", "Cs": "2.7", "motioncor_doseperframe": "1.0"}
+PARAMS = {"angpix": "1.0", "voltage": "300", "Cs": "2.7", "motioncor_doseperframe": "1.0",
+          "stop_after_motion_correction": "true"}
 
 
 def cleanup(engine, session_id):

@@ -42,6 +42,9 @@ class SiteConfig(BaseModel):
     )
     project_directory: str = "{visit_directory}/processed/relion_{processing_job_id}"
     heartbeat_seconds: float = Field(default=10.0, gt=0)
+    idle_seconds: float = Field(
+        default=600.0, ge=0, description="a job ends after this long with no new movie"
+    )
     stale_heartbeats: int = Field(default=3, ge=1)
     ispyb_credentials: Path | None = None
     zocalo_config: Path | None = None

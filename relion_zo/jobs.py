@@ -33,6 +33,7 @@ from relion_zo.errors import ActiveJobError, InputError, NotFoundError
 from relion_zo.parameters import ParameterError, RelionItParameters
 from relion_zo.paths import checked_absolute, checked_relative, confine
 from relion_zo.project import check_gain_reference, visit_file
+from relion_zo.relion_it.stages import check_capabilities
 from relion_zo.visits import Visit, find_visit, visit_by_session_id, visit_directory
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,8 @@ def find_movies(image_directory: Path, template: str) -> list[Path]:
     return sorted(p for p in image_directory.glob(template) if p.is_file())
 
 
-def check_movies(config: SiteConfig, visit_dir: Path, image_directory: str | Path, template: str):
-    """Check a raw folder and file template; returns (resolved folder, number of movies)."""
+def check_movies_folder(config: SiteConfig, visit_dir: Path, image_directory: str | Path) -> Path:
+    """The raw folder: absolute, existing, inside the data roots and the visit."""
     folder = checked_absolute(image_directory, "image directory")
     if len(_norm_dir(folder)) > DIRECTORY_LENGTH:
         raise InputError(f"image directory is longer than {DIRECTORY_LENGTH} characters")
@@ -81,6 +82,12 @@ def check_movies(config: SiteConfig, visit_dir: Path, image_directory: str | Pat
         raise InputError(f"image directory {folder} does not exist or is not a folder")
     confine(folder, config.data_roots, "image directory")
     confine(folder, [visit_dir], "image directory")
+    return folder
+
+
+def check_movies(config: SiteConfig, visit_dir: Path, image_directory: str | Path, template: str):
+    """Check a raw folder and file template; returns (resolved folder, number of movies)."""
+    folder = check_movies_folder(config, visit_dir, image_directory)
     checked_relative(template, "file template")
     if len(template) > TEMPLATE_LENGTH:
         raise InputError(f"file template is longer than {TEMPLATE_LENGTH} characters")
@@ -191,6 +198,7 @@ def start_job(
     Raises a ``RelionZoError`` and writes nothing when any check fails.
     """
     typed = params_mod.parse(parameters)
+    check_capabilities(typed, config)
     try:
         if data_collection_id is not None:
             if visit or image_directory or file_template:

@@ -43,8 +43,8 @@ class RelionItParameters(BaseModel):
     import_images: str | None = Field(
         default=None,
         max_length=VALUE_LENGTH,
-        description="glob of movies relative to the project's Movies link; "
-        "default: the data collection's file template",
+        description="glob of movies: Movies/<glob> (relion_it's form), a glob relative to the "
+        "raw folder, or an absolute glob inside it; default: the data collection's template",
     )
     angpix: float = Field(gt=0, le=20, description="pixel size of the movies in Å")
     voltage: float = Field(ge=60, le=400, description="acceleration voltage in kV")
@@ -113,8 +113,8 @@ class RelionItParameters(BaseModel):
     def _relative_glob(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if value.startswith("/") or ".." in value.split("/"):
-            raise ValueError("must be a glob relative to the Movies folder, without '..'")
+        if ".." in value.split("/"):
+            raise ValueError("must not contain '..' (it must stay inside the raw folder)")
         if not value.lower().endswith(MOVIE_SUFFIXES):
             raise ValueError(f"must end in a movie suffix ({', '.join(MOVIE_SUFFIXES)})")
         return value

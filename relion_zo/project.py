@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import mrcfile
@@ -38,3 +40,68 @@ def check_gain_reference(value: str, visit_dir: Path) -> Path:
     if nx < 1 or ny < 1 or nz != 1:
         raise InputError(f"gain reference {path} is not a single 2D image ({nx}x{ny}x{nz})")
     return real
+
+
+MOVIES_LINK = "Movies"
+
+
+def project_directory(config, visit_dir: Path, processing_job_id: int) -> Path:
+    """The job's RELION project from the site template; it must stay inside the visit."""
+    try:
+        text = config.project_directory.format(
+            visit_directory=visit_dir, processing_job_id=processing_job_id
+        )
+    except (KeyError, IndexError) as exc:
+        raise InputError(f"project_directory template has an unknown field {exc}") from None
+    path = Path(text)
+    if not path.is_absolute() or ".." in path.parts:
+        raise InputError(f"project directory {text!r} must be absolute and without '..'")
+    # Resolve the part that exists (links followed) and check it, then the whole path.
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    real = existing.resolve() / path.relative_to(existing)
+    confine(real, config.data_roots, "project directory")
+    confine(real, [visit_dir], "project directory")
+    return path
+
+
+def movies_glob(import_images: str | None, image_directory: Path, file_template: str) -> str:
+    """``import_images`` relative to the project: always ``Movies/<glob inside the raw folder>``."""
+    value = import_images or file_template
+    if value.startswith("/"):
+        try:
+            value = str(Path(value).relative_to(image_directory))
+        except ValueError:
+            raise InputError(
+                f"parameter import_images {import_images!r} is not inside the raw folder "
+                f"{image_directory}"
+            ) from None
+    elif value.startswith(MOVIES_LINK + "/"):
+        value = value[len(MOVIES_LINK) + 1:]
+    checked_relative(value, "import_images")
+    return f"{MOVIES_LINK}/{value}"
+
+
+def link_movies(project: Path, image_directory: Path) -> Path:
+    """``Movies`` -> the raw folder, as a relative link; an existing link must agree."""
+    link = project / MOVIES_LINK
+    target = Path(os.path.relpath(image_directory, project))
+    if link.is_symlink():
+        if link.resolve() != image_directory.resolve():
+            raise InputError(f"{link} already points to {os.readlink(link)}, not {image_directory}")
+        return link
+    if link.exists():
+        raise InputError(f"{link} exists and is not a link to the raw folder")
+    link.symlink_to(target, target_is_directory=True)
+    return link
+
+
+def copy_gain(project: Path, gain: Path) -> str:
+    """Copy the checked gain reference into the project; returns its project-relative name."""
+    name = "gain_" + gain.name if not gain.name.startswith("gain") else gain.name
+    destination = project / name
+    tmp = destination.with_suffix(".part")
+    shutil.copyfile(gain, tmp)
+    tmp.replace(destination)
+    return name

@@ -41,7 +41,14 @@ JOB_TABLES = (
     AutoProcProgramAttachment,
     AutoProcProgramMessage,
 )
-GOOD_PARAMS = {"angpix": "1.0", "voltage": "300", "Cs": "2.7", "motioncor_doseperframe": "1.0"}
+GOOD_PARAMS = {
+    "angpix": "1.0",
+    "voltage": "300",
+    "Cs": "2.7",
+    "motioncor_doseperframe": "1.0",
+    # no ctffind can be installed here: motion correction is the last stage
+    "stop_after_motion_correction": "true",
+}
 _visit_numbers = itertools.count(1)
 
 

@@ -31,7 +31,7 @@ def test_start_writes_job_parameters_and_sweep(db, site, visit):
     after = row_counts(db)
     assert result.created_data_collection and result.movies == 2
     for table, added in [("DataCollectionGroup", 1), ("DataCollection", 1), ("ProcessingJob", 1),
-                         ("ProcessingJobParameter", 5), ("ProcessingJobImageSweep", 1)]:
+                         ("ProcessingJobParameter", 6), ("ProcessingJobImageSweep", 1)]:
         assert after[table] == before[table] + added, table
     job = db.execute(
         select(ProcessingJob).where(ProcessingJob.processingJobId == result.processing_job_id)
@@ -41,7 +41,8 @@ def test_start_writes_job_parameters_and_sweep(db, site, visit):
         select(ProcessingJobParameter.parameterKey, ProcessingJobParameter.parameterValue)
         .where(ProcessingJobParameter.processingJobId == job.processingJobId)).all())
     assert stored == {"angpix": "1.0", "voltage": "300.0", "Cs": "2.7",
-                      "motioncor_doseperframe": "1.0", "motioncor_gainreference": "gain.mrc"}
+                      "motioncor_doseperframe": "1.0", "motioncor_gainreference": "gain.mrc",
+                      "stop_after_motion_correction": "true"}
     sweep = db.execute(select(ProcessingJobImageSweep).where(
         ProcessingJobImageSweep.processingJobId == job.processingJobId)).scalar_one()
     assert (sweep.dataCollectionId, sweep.startImage, sweep.endImage) == (
@@ -136,6 +137,12 @@ def _bad_cases(visit, site):
                             ParameterError, "not a readable MRC"),
         "missing defect file": (dict(params={**p, "motioncor_defectfile": "defects.txt"}),
                                 ParameterError, "motioncor_defectfile"),
+        "ctffind missing": (dict(params={**p, "stop_after_motion_correction": "false"}),
+                            InputError, "ctffind is not available"),
+        "later stages asked for": (dict(params={**p, "stop_after_ctf_estimation": "false"}),
+                                   InputError, "stop_after_ctf_estimation"),
+        "motioncor2 missing": (dict(params={**p, "motioncor_do_own": "false"}), InputError,
+                               "MotionCor2 is not available"),
         "missing folder": (dict(image_directory=str(visit.directory / "nope")), InputError,
                            "does not exist"),
         "empty folder": (dict(image_directory=str(empty)), InputError, "matches no file"),
@@ -159,7 +166,8 @@ def _bad_cases(visit, site):
 
 CASES = [
     "unknown key", "repeated key", "wrong type", "voltage range", "pixel size range",
-    "dose range", "missing gain", "gain not mrc", "gain unreadable", "missing defect file", "missing folder", "empty folder",
+    "dose range", "missing gain", "gain not mrc", "gain unreadable", "missing defect file", "ctffind missing", "later stages asked for",
+    "motioncor2 missing", "missing folder", "empty folder",
     "template matches nothing", "template not a movie", "template climbs out", "relative folder",
     "dotdot folder", "outside data roots", "symlink escape", "another visit's folder",
     "unknown visit", "malformed visit", "unknown dcid", "dcid and folder", "nothing to process",

@@ -1,0 +1,313 @@
+"""The embeddable relion_it driver: RELION 3.1's relion_it preprocessing semantics, as a plain
+function with a return value.
+
+- jobs are added with ``relion_pipeliner --addJob`` unless ``RELION_IT_SUBMITTED_JOBS`` already
+  names them (a restart reuses the project's jobs);
+- each pass runs ``relion_pipeliner --schedule PREPROCESS --repeat 1 ... --RunJobs "..."`` in a
+  process group of its own, so new movies are imported and processed on every pass;
+- ``RUNNING_RELION_IT`` is created at the start; removing it (or ``should_stop()`` turning
+  true) ends the pass at once: the pipeliner's process group is killed and its
+  ``RUNNING_PIPELINER_*`` file removed;
+- a RELION job process that dies without writing ``RELION_JOB_EXIT_SUCCESS``/``_FAILURE`` is
+  noticed (the pipeliner would wait for it forever) and fails the run;
+- the run ends by itself when no new movie has arrived for ``idle_seconds`` and every movie on
+  disk has been through every stage.
+
+No ``sys.exit``, no ``os.chdir``, no globals, no shell: argument lists with ``cwd=``/``env=``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relion_zo.relion_it import pipeliner as pl
+from relion_zo.relion_it.stages import JobRef, Stage
+
+log = logging.getLogger(__name__)
+
+SCHEDULE = "PREPROCESS"
+
+
+@dataclass
+class Progress:
+    movies_on_disk: int = 0
+    passes: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # stage label -> items done
+    stage: str = ""
+
+    def text(self) -> str:
+        if not self.counts:
+            return f"setting up, {self.movies_on_disk} movies on disk"
+        parts = []
+        for label, count in self.counts.items():
+            parts.append(f"{label} {count}" if label == "Import" else
+                         f"{label} {count}/{self.counts.get('Import', 0)}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class DriverResult:
+    outcome: str  # "finished", "stopped" or "failed"
+    reason: str
+    progress: Progress
+    jobs: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    project: Path
+    stages: tuple[Stage, ...]
+    movie_glob: str  # relative to the project, e.g. Movies/GridSquare_*/Data/*.mrc
+    pipeliner: str = "relion_pipeliner"
+    env: dict[str, str] | None = None
+    repeat_times: int = 999
+    repeat_wait_seconds: float = 60.0
+    idle_seconds: float = 600.0
+    poll_seconds: float = 0.2
+    tick_seconds: float = 5.0
+    dead_job_seconds: float = 5.0
+    pass_timeout_seconds: float | None = None
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _Failed(Exception):
+    pass
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes in a process group (from /proc; zombies are not counted)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def kill_group(pgid: int, grace: float = 1.0) -> None:
+    """SIGTERM the group, then SIGKILL what is left after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not group_members(pgid):
+                return
+            time.sleep(0.05)
+
+
+def remove_running_pipeliner_files(project: Path) -> None:
+    for path in project.glob(pl.RUNNING_PIPELINER + "*"):
+        path.unlink(missing_ok=True)
+
+
+def movies_on_disk(project: Path, movie_glob: str) -> int:
+    return sum(1 for p in project.glob(movie_glob) if p.is_file())
+
+
+class _Run:
+    """State of one driver run; all of it dies with the run."""
+
+    def __init__(self, settings: DriverSettings, should_stop, on_tick, note):
+        self.s = settings
+        self.should_stop = should_stop
+        self.on_tick = on_tick
+        self.note = note
+        self.progress = Progress()
+        self.jobs: dict[str, str] = {}
+        self.last_tick = float("-inf")
+
+    # -- checks that run all the time
+    def check_stop(self) -> None:
+        if not (self.s.project / pl.RUNNING_RELION_IT).exists():
+            raise _Stopped(f"{pl.RUNNING_RELION_IT} was removed")
+        if self.should_stop():
+            raise _Stopped("stop requested")
+
+    def tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_tick >= self.s.tick_seconds:
+            self.last_tick = now
+            self.refresh_counts()
+            self.on_tick(self.progress)
+
+    def refresh_counts(self) -> None:
+        self.progress.movies_on_disk = movies_on_disk(self.s.project, self.s.movie_glob)
+        counts = {}
+        for stage in self.s.stages:
+            job = self.jobs.get(stage.name_in_script)
+            if job:
+                path = self.s.project / job / stage.output_star
+                counts[stage.label] = pl.star_count(path, stage.output_block)
+        self.progress.counts = counts
+
+    # -- set-up
+    def add_jobs(self) -> None:
+        submitted = pl.read_submitted(self.s.project)
+        known = set(pl.process_names(self.s.project))
+        for stage in self.s.stages:
+            job = submitted.get(stage.name_in_script)
+            if job and job in known:
+                self.note(f"reusing {job} for {stage.name_in_script}")
+            else:
+                options = [
+                    (label, value.resolve(self.jobs) if isinstance(value, JobRef) else value)
+                    for label, value in stage.options
+                ]
+                job = pl.add_job(self.s.pipeliner, self.s.project, stage.job_type, options,
+                                 self.env())
+                pl.record_submitted(self.s.project, stage.name_in_script, job)
+                self.note(f"added {job} for {stage.name_in_script}")
+            self.jobs[stage.name_in_script] = job
+
+    def env(self) -> dict[str, str]:
+        env = dict(self.s.env if self.s.env is not None else os.environ)
+        if os.geteuid() == 0:  # mpirun refuses to start as root without these
+            env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        return env
+
+    # -- one scheduler pass
+    def run_pass(self) -> None:
+        project = self.s.project
+        pl.clear_stale_lock(project)
+        names = [self.jobs[st.name_in_script] for st in self.s.stages]
+        for job in names:  # fresh exit files tell this pass's outcome apart from the last one's
+            pl.clear_exit_files(project, job)
+        argv = pl.schedule_argv(self.s.pipeliner, SCHEDULE, names)
+        self.progress.passes += 1
+        started = time.monotonic()
+        with open(project / "relion_zo_pipeliner.log", "ab") as out:
+            proc = subprocess.Popen(argv, cwd=project, env=self.env(), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        pgid = proc.pid
+        alone_since: float | None = None
+        try:
+            while proc.poll() is None:
+                self.check_stop()
+                self.tick()
+                others = [pid for pid in group_members(pgid) if pid != proc.pid]
+                if others:
+                    alone_since = None
+                elif alone_since is None:
+                    alone_since = time.monotonic()
+                elif time.monotonic() - alone_since > self.s.dead_job_seconds:
+                    waiting = [j for j in names if pl.exit_state(project, j) is None]
+                    if waiting:
+                        job = waiting[0]
+                        raise _Failed(
+                            f"{job} ended without {pl.EXIT_SUCCESS} or {pl.EXIT_FAILURE}: "
+                            f"{pl.job_error(project, job)}"
+                        )
+                limit = self.s.pass_timeout_seconds
+                if limit is not None and time.monotonic() - started > limit:
+                    raise _Failed(f"a pipeliner pass took longer than {limit:.0f} s")
+                time.sleep(self.s.poll_seconds)
+        finally:
+            if proc.poll() is None or group_members(pgid):
+                kill_group(pgid)
+            proc.wait()
+            remove_running_pipeliner_files(project)
+            pl.clear_stale_lock(project)
+        for job in names:
+            state = pl.exit_state(project, job)
+            if state in ("failure", "aborted"):
+                raise _Failed(f"{job} {state}: {pl.job_error(project, job)}")
+        if proc.returncode != 0:
+            raise _Failed(f"relion_pipeliner exited with status {proc.returncode}")
+
+    def all_processed(self) -> bool:
+        counts = self.progress.counts
+        imported = counts.get("Import", 0)
+        return imported >= self.progress.movies_on_disk and all(
+            count >= imported for count in counts.values()
+        )
+
+    def wait_between_passes(self, since_new: float) -> None:
+        """Wait up to the repeat wait; a new movie starts the next pass at once."""
+        deadline = time.monotonic() + self.s.repeat_wait_seconds
+        seen = self.progress.movies_on_disk
+        while time.monotonic() < deadline:
+            self.check_stop()
+            self.tick()
+            if movies_on_disk(self.s.project, self.s.movie_glob) > seen:
+                return
+            if self.all_processed() and time.monotonic() - since_new >= self.s.idle_seconds:
+                return
+            time.sleep(self.s.poll_seconds)
+
+    def run(self) -> DriverResult:
+        project = self.s.project
+        pl.ensure_pipeline(project)
+        (project / pl.RUNNING_RELION_IT).touch()
+        try:
+            self.check_stop()
+            self.add_jobs()
+            self.tick(force=True)
+            last_seen = -1
+            since_new = time.monotonic()
+            for _ in range(self.s.repeat_times):
+                self.check_stop()
+                self.run_pass()
+                self.tick(force=True)
+                seen = self.progress.movies_on_disk
+                if seen > last_seen:
+                    last_seen, since_new = seen, time.monotonic()
+                self.note(f"pass {self.progress.passes}: {self.progress.text()}")
+                if self.all_processed():
+                    if time.monotonic() - since_new >= self.s.idle_seconds:
+                        return self.result("finished", f"no new movies for "
+                                           f"{self.s.idle_seconds:.0f} s")
+                    self.wait_between_passes(since_new)
+                    self.refresh_counts()
+                    if (self.progress.movies_on_disk == last_seen and self.all_processed()
+                            and time.monotonic() - since_new >= self.s.idle_seconds):
+                        return self.result("finished", f"no new movies for "
+                                           f"{self.s.idle_seconds:.0f} s")
+            return self.result("finished", f"{self.s.repeat_times} passes done")
+        except _Stopped as exc:
+            return self.result("stopped", str(exc))
+        except _Failed as exc:
+            return self.result("failed", str(exc))
+        except pl.PipelinerError as exc:
+            return self.result("failed", str(exc))
+        finally:
+            (project / pl.RUNNING_RELION_IT).unlink(missing_ok=True)
+            remove_running_pipeliner_files(project)
+
+    def result(self, outcome: str, reason: str) -> DriverResult:
+        self.refresh_counts()
+        self.note(f"{outcome}: {reason} ({self.progress.text()})")
+        return DriverResult(outcome, reason, self.progress, dict(self.jobs))
+
+
+def run_driver(
+    settings: DriverSettings,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_tick: Callable[[Progress], None] = lambda progress: None,
+    note: Callable[[str], None] = log.info,
+) -> DriverResult:
+    """Run preprocessing in ``settings.project`` until it finishes, is stopped, or fails."""
+    settings.project.mkdir(parents=True, exist_ok=True)
+    return _Run(settings, should_stop, on_tick, note).run()

@@ -1,0 +1,58 @@
+"""``relion_it_options.py`` in relion_it's own format: a Python file of ``name = value`` lines
+that RELION's ``relion_it.py`` reads with ``runpy`` and ``RelionItOptions.update_from``, so a
+scientist can carry on by hand from the same project."""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+from pathlib import Path
+
+from relion_zo import __version__
+from relion_zo.parameters import FIELDS, RelionItParameters
+
+OPTIONS_FILE = "relion_it_options.py"
+# relion_zo's own keys; relion_it would print "Unrecognised option" for them.
+NOT_RELION_IT = frozenset({"stop_after_motion_correction"})
+
+
+def options_text(
+    params: RelionItParameters,
+    overrides: dict[str, object],
+    *,
+    processing_job_id: int,
+    now: dt.datetime | None = None,
+) -> str:
+    """Every option relion_zo knows, with the project's own paths in ``overrides``."""
+    stamp = (now or dt.datetime.now()).strftime("%Y-%m-%d %H:%M:%S")
+    lines = [
+        f"# relion_it options for ISPyB processing job {processing_job_id},",
+        f"# written by relion_zo {__version__} on {stamp}.",
+        "# Continue by hand with RELION's own script: relion_it.py relion_it_options.py",
+    ]
+    values = {k: getattr(params, k) for k in FIELDS if k not in NOT_RELION_IT}
+    values.update(overrides)
+    for key, value in values.items():
+        if value is None:
+            continue
+        lines.append(f"{key} = {value!r}")
+    return "\n".join(lines) + "\n"
+
+
+def write_options(project: Path, text: str) -> Path:
+    path = project / OPTIONS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def read_options(path: Path) -> dict[str, object]:
+    """Read an options file back without running it (for tests and for operators)."""
+    values: dict[str, object] = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name):
+                values[target.id] = ast.literal_eval(node.value)
+    return values

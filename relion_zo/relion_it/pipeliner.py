@@ -1,0 +1,197 @@
+"""Talking to ``relion_pipeliner`` and reading RELION's files in a project directory.
+
+Every call is an argument list with ``cwd=`` the project; nothing goes through a shell.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+PIPELINE_STAR = "default_pipeline.star"
+SUBMITTED_JOBS = "RELION_IT_SUBMITTED_JOBS"
+RUNNING_RELION_IT = "RUNNING_RELION_IT"
+RUNNING_PIPELINER = "RUNNING_PIPELINER_"
+LOCK_DIR = ".relion_lock"
+EXIT_SUCCESS = "RELION_JOB_EXIT_SUCCESS"
+EXIT_FAILURE = "RELION_JOB_EXIT_FAILURE"
+EXIT_ABORTED = "RELION_JOB_EXIT_ABORTED"
+EMPTY_PIPELINE = "data_pipeline_general\n\n_rlnPipeLineJobCounter                       1\n"
+
+
+class PipelinerError(RuntimeError):
+    """relion_pipeliner refused or failed; the message carries its last error line."""
+
+
+def ensure_pipeline(project: Path) -> None:
+    """A project needs a pipeline file before ``--addJob`` can read it (as relion_it does)."""
+    star = project / PIPELINE_STAR
+    if not star.exists():
+        star.write_text(EMPTY_PIPELINE)
+
+
+def clear_stale_lock(project: Path) -> bool:
+    """Remove ``.relion_lock`` left by a pipeliner that died; the next one would wait 2 min."""
+    lock = project / LOCK_DIR
+    if lock.exists():
+        shutil.rmtree(lock, ignore_errors=True)
+        return True
+    return False
+
+
+def job_options(options: Sequence[tuple[str, object]]) -> str:
+    """``--addJobOptions`` text: ``label == value;`` for each option, in RELION's syntax."""
+    parts = []
+    for label, value in options:
+        text = value_text(value)
+        if ";" in text or "\n" in text:
+            raise ValueError(f"option {label!r} has a value RELION cannot take: {text!r}")
+        parts.append(f"{label} == {text};")
+    return "".join(parts)
+
+
+def value_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "Yes" if value else "No"
+    return str(value)
+
+
+def _last_error(output: str) -> str:
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "ERROR" in ln and ln != "ERROR:"]
+    return (errors or lines or ["no output"])[-1]
+
+
+def add_job(
+    pipeliner: str, project: Path, job_type: str, options: Sequence[tuple[str, object]],
+    env: dict[str, str], alias: str | None = None, timeout: float = 60,
+) -> str:
+    """``relion_pipeliner --addJob``; returns the new job's name, e.g. ``MotionCorr/job002/``."""
+    before = set(process_names(project))
+    argv = [pipeliner, "--addJob", job_type, "--addJobOptions", job_options(options)]
+    if alias:
+        argv += ["--setJobAlias", alias]
+    proc = subprocess.run(
+        argv, cwd=project, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    added = [name for name in process_names(project) if name not in before]
+    if proc.returncode != 0 or len(added) != 1:
+        clear_stale_lock(project)
+        raise PipelinerError(
+            f"relion_pipeliner --addJob {job_type} failed: {_last_error(proc.stdout + proc.stderr)}"
+        )
+    return added[0]
+
+
+def schedule_argv(
+    pipeliner: str, schedule: str, jobs: Iterable[str], *, repeat: int = 1
+) -> list[str]:
+    """One scheduler pass over ``jobs``. The job list must end with a space (RELION 3.1 drops
+    the last job otherwise), and ``--sec_wait_after 0`` avoids a 10 s wait after every job."""
+    run_jobs = "".join(f"{job} " for job in jobs)
+    return [
+        pipeliner, "--schedule", schedule, "--repeat", str(repeat), "--min_wait", "0",
+        "--sec_wait_after", "0", "--RunJobs", run_jobs,
+    ]
+
+
+def _loop_rows(text: str, block: str) -> list[list[str]]:
+    """Rows of the loop in ``data_<block>`` of a STAR file (simple tokenisation, no quotes)."""
+    match = re.search(rf"^data_{re.escape(block)}\s*$", text, re.M)
+    if not match:
+        return []
+    rows: list[list[str]] = []
+    in_loop = False
+    for line in text[match.end():].splitlines():
+        stripped = line.strip()
+        if stripped.startswith("data_"):
+            break
+        if stripped.startswith("loop_"):
+            in_loop = True
+            continue
+        if not stripped or stripped.startswith("#") or stripped.startswith("_"):
+            if rows and not stripped:
+                break
+            continue
+        if in_loop:
+            rows.append(stripped.split())
+    return rows
+
+
+def process_names(project: Path) -> list[str]:
+    """Job names in ``default_pipeline.star``, in order."""
+    star = project / PIPELINE_STAR
+    if not star.exists():
+        return []
+    return [row[0] for row in _loop_rows(star.read_text(), "pipeline_processes") if row]
+
+
+def star_count(path: Path, block: str) -> int:
+    """Number of rows in a STAR loop, 0 when the file is missing or half-written."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return 0
+    return len(_loop_rows(text, block))
+
+
+def exit_state(project: Path, job: str) -> str | None:
+    """'success', 'failure', 'aborted' or None (still running or never run)."""
+    folder = project / job
+    for name, state in ((EXIT_FAILURE, "failure"), (EXIT_ABORTED, "aborted"),
+                        (EXIT_SUCCESS, "success")):
+        if (folder / name).exists():
+            return state
+    return None
+
+
+def clear_exit_files(project: Path, job: str) -> None:
+    for name in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED):
+        try:
+            (project / job / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def job_error(project: Path, job: str, lines: int = 3) -> str:
+    """What went wrong in a job, from its ``run.err``: RELION's ``ERROR:`` block when there is
+    one (without the backtrace), else the last non-empty lines."""
+    try:
+        text = (project / job / "run.err").read_text(errors="replace")
+    except FileNotFoundError:
+        return "no run.err"
+    kept = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("sh:")]
+    kept = [ln for ln in kept if "gs -sDEVICE" not in ln and "empty PDF" not in ln]
+    if "ERROR:" in kept:
+        block = []
+        for line in kept[kept.index("ERROR:") + 1:]:
+            if line.startswith("==="):
+                break
+            block.append(line)
+        if block:
+            return " ".join(block[:lines])
+    return " | ".join(kept[-lines:]) or "run.err is empty"
+
+
+def read_submitted(project: Path) -> dict[str, str]:
+    """``RELION_IT_SUBMITTED_JOBS`` (relion_it's ``name = Job/jobNNN/`` lines): name -> job."""
+    path = project / SUBMITTED_JOBS
+    jobs: dict[str, str] = {}
+    if not path.exists():
+        return jobs
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "=":
+            jobs[parts[0]] = parts[2]
+    return jobs
+
+
+def record_submitted(project: Path, name: str, job: str) -> None:
+    with open(project / SUBMITTED_JOBS, "a") as handle:
+        handle.write(f"{name} = {job}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
