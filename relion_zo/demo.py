@@ -90,6 +90,7 @@ def write_site_config(path: Path, data_root: Path, credentials: Path, zocalo: Pa
         "project_directory": "{visit_directory}/processed/relion_{processing_job_id}",
         "heartbeat_seconds": 5,
         "stale_heartbeats": 3,
+        "idle_seconds": 10,  # a demo has no more movies coming: finish soon after the last
         "ispyb_credentials": str(credentials),
         "zocalo_config": str(zocalo) if zocalo else None,
         "executables": {"relion_pipeliner": "relion_pipeliner", "ctffind": None},

@@ -18,7 +18,12 @@ from pathlib import Path
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from ispyb.sqlalchemy import AutoProcProgram, AutoProcProgramAttachment, AutoProcProgramMessage
+from ispyb.sqlalchemy import (
+    AutoProcProgram,
+    AutoProcProgramAttachment,
+    AutoProcProgramMessage,
+    ProcessingJob,
+)
 from relion_zo.status import STOPPED_PREFIX
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,23 @@ def _commit(db: Session, stmt, *, key: bool = False) -> int:
     return value
 
 
+def _new_program(
+    processing_job_id: int,
+    programs: str,
+    command_line: str | None,
+    environment: str | None,
+    message: str | None = None,
+):
+    return insert(AutoProcProgram).values(
+        processingJobId=processing_job_id,
+        processingPrograms=clip(programs, PROGRAMS_LENGTH),
+        processingCommandLine=clip(command_line, COMMAND_LENGTH),
+        processingEnvironment=clip(environment, ENVIRONMENT_LENGTH),
+        processingMessage=clip(message, MESSAGE_LENGTH),
+        recordTimeStamp=func.now(),
+    )
+
+
 def register(
     db: Session,
     processing_job_id: int,
@@ -63,14 +85,7 @@ def register(
     """A new program for a job: queued (no start time, no status). Returns its id."""
     return _commit(
         db,
-        insert(AutoProcProgram).values(
-            processingJobId=processing_job_id,
-            processingPrograms=clip(programs, PROGRAMS_LENGTH),
-            processingCommandLine=clip(command_line, COMMAND_LENGTH),
-            processingEnvironment=clip(environment, ENVIRONMENT_LENGTH),
-            processingMessage=clip(message, MESSAGE_LENGTH),
-            recordTimeStamp=func.now(),
-        ),
+        _new_program(processing_job_id, programs, command_line, environment, message),
         key=True,
     )
 
@@ -168,3 +183,41 @@ def programs_of_job(db: Session, processing_job_id: int) -> list[int]:
             .order_by(AutoProcProgram.autoProcProgramId)
         ).scalars()
     )
+
+
+def claim(
+    db: Session,
+    processing_job_id: int,
+    *,
+    programs: str = "RELION",
+    command_line: str | None = None,
+    environment: str | None = None,
+) -> int | None:
+    """Register the job's program unless it already has one: the exactly-once guard.
+
+    The ProcessingJob row is locked for the check and the insert, so two wrappers that get the
+    same job at the same moment cannot both claim it. Returns the new program's id, or None when
+    the job already has a program (queued, running or finished).
+    """
+    try:
+        db.execute(
+            select(ProcessingJob.processingJobId)
+            .where(ProcessingJob.processingJobId == processing_job_id)
+            .with_for_update()
+        )
+        existing = db.execute(
+            select(AutoProcProgram.autoProcProgramId)
+            .where(AutoProcProgram.processingJobId == processing_job_id)
+            .limit(1)
+        ).scalar()
+        if existing is not None:
+            db.rollback()
+            return None
+        appid = db.execute(
+            _new_program(processing_job_id, programs, command_line, environment)
+        ).inserted_primary_key[0]
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+    return appid

@@ -354,7 +354,12 @@ def _write_zocalo_config(settings: StackSettings, password: str) -> None:
             "password": password,
             "vhost": "/",
         },
-        "environments": {"local": {"plugins": ["rabbitmq"]}},
+        # "default" is what zocalo's commands (zocalo.go, zocalo.wrap, zocalo.service) activate
+        # when no -e is given; "local" names the same thing explicitly.
+        "environments": {
+            "default": {"plugins": ["rabbitmq"]},
+            "local": {"plugins": ["rabbitmq"]},
+        },
     }
     _write_private(settings.zocalo_config_path, yaml.safe_dump(config, sort_keys=False))
 
@@ -397,8 +402,7 @@ def up(settings: StackSettings) -> dict:
     if not _rabbit_running(settings):
         log.info("starting RabbitMQ on 127.0.0.1:%s", settings.rabbitmq_port)
         _start_rabbitmq(settings, passwords["rabbitmq"])
-    if not settings.zocalo_config_path.exists():
-        _write_zocalo_config(settings, passwords["rabbitmq"])
+    _write_zocalo_config(settings, passwords["rabbitmq"])  # cheap; keeps it current
     return status(settings)
 
 

@@ -8,6 +8,8 @@ import sys
 # Explicit registry: subcommand -> (module, one-line help). Modules load only when used.
 COMMANDS: dict[str, tuple[str, str]] = {
     "start": ("relion_zo.cli.start", "write a processing job for a folder of movies"),
+    "run": ("relion_zo.cli.run", "run a processing job in the foreground (no broker)"),
+    "stop": ("relion_zo.cli.stop", "stop a running job (removes its RUNNING_RELION_IT)"),
     "status": ("relion_zo.cli.status", "job states by job id, data collection or visit"),
     "stack": ("relion_zo.cli.stack", "start or stop the local MariaDB and RabbitMQ"),
     "demo-data": ("relion_zo.cli.demo_data", "seed a demo visit with synthetic movies"),
