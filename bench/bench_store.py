@@ -16,17 +16,12 @@ import time
 import uuid
 from pathlib import Path
 
-from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from ispyb.sqlalchemy import (
-    AutoProcProgram, BLSession, DataCollection, DataCollectionGroup, ProcessingJob,
-    ProcessingJobImageSweep, ProcessingJobParameter, Proposal,
-)
 from relion_zo import jobs, programs, stack, status, synthetic
 from relion_zo.config import SiteConfig
 from relion_zo.db import make_engine
-from relion_zo.demo import seed_visit
+from relion_zo.demo import remove_visit, seed_visit
 
 PARAMS = {"angpix": "1.0", "voltage": "300", "Cs": "2.7", "motioncor_doseperframe": "1.0",
           "stop_after_motion_correction": "true"}
@@ -34,18 +29,7 @@ PARAMS = {"angpix": "1.0", "voltage": "300", "Cs": "2.7", "motioncor_doseperfram
 
 def cleanup(engine, session_id):
     with Session(engine) as db:
-        dcs = select(DataCollection.dataCollectionId).where(DataCollection.SESSIONID == session_id)
-        pjs = select(ProcessingJob.processingJobId).where(ProcessingJob.dataCollectionId.in_(dcs))
-        db.execute(delete(AutoProcProgram).where(AutoProcProgram.processingJobId.in_(pjs)))
-        db.execute(delete(ProcessingJobParameter).where(ProcessingJobParameter.processingJobId.in_(pjs)))
-        db.execute(delete(ProcessingJobImageSweep).where(ProcessingJobImageSweep.processingJobId.in_(pjs)))
-        db.execute(delete(ProcessingJob).where(ProcessingJob.dataCollectionId.in_(dcs)))
-        db.execute(delete(DataCollection).where(DataCollection.SESSIONID == session_id))
-        db.execute(delete(DataCollectionGroup).where(DataCollectionGroup.sessionId == session_id))
-        proposal = db.execute(select(BLSession.proposalId).where(BLSession.sessionId == session_id)).scalar()
-        db.execute(delete(BLSession).where(BLSession.sessionId == session_id))
-        db.execute(delete(Proposal).where(Proposal.proposalId == proposal))
-        db.commit()
+        remove_visit(db, session_id)
 
 
 def ms(values):

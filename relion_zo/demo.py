@@ -7,10 +7,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from ispyb.sqlalchemy import BLSession, Person, Proposal
+from ispyb.sqlalchemy import (
+    AutoProcProgram,
+    AutoProcProgramAttachment,
+    AutoProcProgramMessage,
+    BLSession,
+    DataCollection,
+    DataCollectionGroup,
+    Person,
+    ProcessingJob,
+    ProcessingJobImageSweep,
+    ProcessingJobParameter,
+    Proposal,
+)
 from relion_zo import synthetic
 from relion_zo.visits import parse_visit_name
 
@@ -81,6 +93,34 @@ def seed_visit(db: Session, visit: str, *, beamline: str = "m01", start: dt.date
         ).inserted_primary_key[0]
     db.commit()
     return session_id
+
+
+def remove_visit(db: Session, session_id: int) -> None:
+    """Delete a throw-away visit and everything relion_zo wrote under it, in one transaction
+    (tests and benchmarks that must commit for real clean up with this). The proposal goes too
+    when it has no other session."""
+    dcs = select(DataCollection.dataCollectionId).where(DataCollection.SESSIONID == session_id)
+    pjs = select(ProcessingJob.processingJobId).where(ProcessingJob.dataCollectionId.in_(dcs))
+    apps = select(AutoProcProgram.autoProcProgramId).where(AutoProcProgram.processingJobId.in_(pjs))
+    proposal = db.execute(
+        select(BLSession.proposalId).where(BLSession.sessionId == session_id)
+    ).scalar()
+    for statement in (
+        delete(AutoProcProgramAttachment).where(AutoProcProgramAttachment.autoProcProgramId.in_(apps)),
+        delete(AutoProcProgramMessage).where(AutoProcProgramMessage.autoProcProgramId.in_(apps)),
+        delete(AutoProcProgram).where(AutoProcProgram.processingJobId.in_(pjs)),
+        delete(ProcessingJobParameter).where(ProcessingJobParameter.processingJobId.in_(pjs)),
+        delete(ProcessingJobImageSweep).where(ProcessingJobImageSweep.processingJobId.in_(pjs)),
+        delete(ProcessingJob).where(ProcessingJob.dataCollectionId.in_(dcs)),
+        delete(DataCollection).where(DataCollection.SESSIONID == session_id),
+        delete(DataCollectionGroup).where(DataCollectionGroup.sessionId == session_id),
+        delete(BLSession).where(BLSession.sessionId == session_id),
+    ):
+        db.execute(statement)
+    others = db.execute(select(BLSession.sessionId).where(BLSession.proposalId == proposal)).first()
+    if proposal is not None and others is None:
+        db.execute(delete(Proposal).where(Proposal.proposalId == proposal))
+    db.commit()
 
 
 def write_site_config(path: Path, data_root: Path, credentials: Path, zocalo: Path | None) -> Path:

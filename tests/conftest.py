@@ -121,3 +121,19 @@ def visit(db, site) -> VisitFixture:
     synthetic.write_movies(fixture.raw, 2, size=64, frames=2)
     synthetic.write_gain(directory / "processing" / "gain.mrc", size=64)
     return fixture
+
+
+@pytest.fixture
+def live_visits(engine):
+    """A factory of committed visits (``runs.LiveVisit``), removed with their rows afterwards."""
+    from runs import LiveVisit
+
+    made = []
+
+    def make(site, movies: int = 2, **movie):
+        made.append(LiveVisit(engine, site, movies, **movie))
+        return made[-1]
+
+    yield make
+    for visit in made:
+        visit.remove()

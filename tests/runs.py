@@ -16,14 +16,15 @@ from conftest import GOOD_PARAMS, new_visit_name
 from ispyb.sqlalchemy import AutoProcProgram, AutoProcProgramAttachment, AutoProcProgramMessage
 from relion_zo import jobs, status, synthetic
 from relion_zo.config import SiteConfig
-from relion_zo.demo import seed_visit
+from relion_zo.demo import remove_visit, seed_visit
 from relion_zo.runner import RunOutcome, run_job
 
 MOVIE = {"size": 128, "frames": 4}
 
 
 class LiveVisit:
-    """A visit whose rows are committed, with a raw folder of tiny movies and a gain file."""
+    """A visit whose rows are committed, with a raw folder of tiny movies and a gain file.
+    Make them through the ``live_visits`` fixture, which removes their rows afterwards."""
 
     def __init__(self, engine, site: SiteConfig, movies: int = 2, **movie):
         self.engine = engine
@@ -48,6 +49,10 @@ class LiveVisit:
                 db, self.site, {**GOOD_PARAMS, **params}, visit=self.name,
                 image_directory=str(self.raw), file_template="*.mrc",
             ).processing_job_id
+
+    def remove(self) -> None:
+        with Session(self.engine) as db:
+            remove_visit(db, self.session_id)
 
     def project(self, pjid: int) -> Path:
         return self.directory / "processed" / f"relion_{pjid}"

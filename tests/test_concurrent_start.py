@@ -5,37 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conftest import GOOD_PARAMS, new_visit_name
-from ispyb.sqlalchemy import (
-    BLSession,
-    DataCollection,
-    DataCollectionGroup,
-    ProcessingJob,
-    ProcessingJobImageSweep,
-    ProcessingJobParameter,
-    Proposal,
-)
+from ispyb.sqlalchemy import DataCollection, ProcessingJob
 from relion_zo import jobs, synthetic
-from relion_zo.demo import seed_visit
+from relion_zo.demo import remove_visit, seed_visit
 from relion_zo.errors import ActiveJobError
 
 
 def _cleanup(engine, session_id: int) -> None:
     with Session(engine) as db:
-        dcs = select(DataCollection.dataCollectionId).where(DataCollection.SESSIONID == session_id)
-        pjs = select(ProcessingJob.processingJobId).where(ProcessingJob.dataCollectionId.in_(dcs))
-        db.execute(delete(ProcessingJobParameter).where(ProcessingJobParameter.processingJobId.in_(pjs)))
-        db.execute(delete(ProcessingJobImageSweep).where(ProcessingJobImageSweep.processingJobId.in_(pjs)))
-        db.execute(delete(ProcessingJob).where(ProcessingJob.dataCollectionId.in_(dcs)))
-        db.execute(delete(DataCollection).where(DataCollection.SESSIONID == session_id))
-        db.execute(delete(DataCollectionGroup).where(DataCollectionGroup.sessionId == session_id))
-        proposal = db.execute(select(BLSession.proposalId).where(BLSession.sessionId == session_id)).scalar()
-        db.execute(delete(BLSession).where(BLSession.sessionId == session_id))
-        db.execute(delete(Proposal).where(Proposal.proposalId == proposal))
-        db.commit()
+        remove_visit(db, session_id)
 
 
 def test_concurrent_starts_make_one_job(engine, site):

@@ -26,7 +26,6 @@ from relion_zo.relion_it.options import read_options
 from relion_zo.runner import run_job
 from runs import (
     Background,
-    LiveVisit,
     attachments,
     error_messages,
     job_status,
@@ -45,8 +44,8 @@ def site(tmp_path, stack_settings):
 
 
 @pytest.fixture
-def live(engine, site):
-    return LiveVisit(engine, site, movies=2)
+def live(site, live_visits):
+    return live_visits(site, movies=2)
 
 
 def test_run_end_to_end(engine, site, live, tmp_path, capsys):
@@ -89,9 +88,9 @@ def test_run_end_to_end(engine, site, live, tmp_path, capsys):
     assert processes_in(project) == []
 
 
-def test_streaming_movies_added_while_running(engine, tmp_path, stack_settings):
+def test_streaming_movies_added_while_running(engine, tmp_path, stack_settings, live_visits):
     site = site_config(tmp_path, stack_settings, idle_seconds=4)
-    live = LiveVisit(engine, site, movies=2)
+    live = live_visits(site, movies=2)
     pjid = live.start()
     added = []
     seen_states = set()
@@ -118,10 +117,11 @@ def test_streaming_movies_added_while_running(engine, tmp_path, stack_settings):
     assert len(corrected) == 4
 
 
-def test_stop_ends_relion_and_records_stopped(engine, tmp_path, stack_settings, capsys):
+def test_stop_ends_relion_and_records_stopped(engine, tmp_path, stack_settings, capsys,
+                                              live_visits):
     # Enough work that the stop lands while RELION runs; no idle end, so only the stop ends it.
     site = site_config(tmp_path, stack_settings, idle_seconds=3600)
-    live = LiveVisit(engine, site, movies=12, size=512, frames=8)
+    live = live_visits(site, movies=12, size=512, frames=8)
     pjid = live.start()
     site_file = write_site_file(site, tmp_path / "site.yaml")
     project = live.project(pjid)
@@ -145,9 +145,9 @@ def test_stop_ends_relion_and_records_stopped(engine, tmp_path, stack_settings, 
     assert stop_cli.main(["--config", str(site_file), str(pjid)]) == 1
 
 
-def test_sigterm_stops_the_foreground_run(engine, tmp_path, stack_settings):
+def test_sigterm_stops_the_foreground_run(engine, tmp_path, stack_settings, live_visits):
     site = site_config(tmp_path, stack_settings, idle_seconds=3600)
-    live = LiveVisit(engine, site, movies=2)
+    live = live_visits(site, movies=2)
     pjid = live.start()
     site_file = write_site_file(site, tmp_path / "site.yaml")
     proc = subprocess.Popen(

@@ -40,7 +40,7 @@ class Progress:
     movies_on_disk: int = 0
     passes: int = 0
     counts: dict[str, int] = field(default_factory=dict)  # stage label -> items done
-    stage: str = ""
+    relion_seconds: float = 0.0  # wall time spent in RELION's own commands (pipeliner runs)
 
     def text(self) -> str:
         if not self.counts:
@@ -173,8 +173,10 @@ class _Run:
                     (label, value.resolve(self.jobs) if isinstance(value, JobRef) else value)
                     for label, value in stage.options
                 ]
+                started = time.monotonic()
                 job = pl.add_job(self.s.pipeliner, self.s.project, stage.job_type, options,
                                  self.env())
+                self.progress.relion_seconds += time.monotonic() - started
                 pl.record_submitted(self.s.project, stage.name_in_script, job)
                 self.note(f"added {job} for {stage.name_in_script}")
             self.jobs[stage.name_in_script] = job
@@ -227,6 +229,7 @@ class _Run:
             if proc.poll() is None or group_members(pgid):
                 kill_group(pgid)
             proc.wait()
+            self.progress.relion_seconds += time.monotonic() - started
             remove_running_pipeliner_files(project)
             pl.clear_stale_lock(project)
         for job in names:

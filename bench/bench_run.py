@@ -1,0 +1,119 @@
+"""Benchmark of the wrapper's own cost around RELION: the demo job, run by ``relion-zo run``.
+
+Run by hand after ``relion-zo stack up``:  python bench/bench_run.py [--runs 5]
+
+Each run: a throw-away visit with the demo's movies (4 movies, 512x512, 8 frames, a gain
+reference), Start, then ``relion-zo run`` in a child process with ``idle_seconds: 0`` (the job
+ends as soon as every movie is motion corrected). The child reports the wall time RELION's own
+commands took (``relion_pipeliner --addJob`` and the scheduler passes, which include the
+motion correction processes) and its own peak RSS; the parent times the whole command.
+Overhead = wall time of the command - RELION's time. Rows are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+from sqlalchemy.orm import Session
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_store import PARAMS, cleanup  # noqa: E402
+
+from relion_zo import jobs, stack, synthetic  # noqa: E402
+from relion_zo.config import SiteConfig, load_config  # noqa: E402
+from relion_zo.db import make_engine  # noqa: E402
+from relion_zo.demo import seed_visit  # noqa: E402
+
+
+def one(config_path: str, pjid: int) -> None:
+    """The child: what ``relion-zo run`` does, plus the figures."""
+    from relion_zo.runner import run_job_until_signalled
+
+    config = load_config(config_path)
+    engine = make_engine(config.credentials_path())
+    seen = []
+    outcome = run_job_until_signalled(pjid, engine=engine, config=config,
+                                      on_progress=seen.append)
+    engine.dispose()
+    progress = seen[-1]
+    print(json.dumps({
+        "state": outcome.state,
+        "message": outcome.message,
+        "relion_seconds": progress.relion_seconds,
+        "passes": progress.passes,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--one", nargs=2, metavar=("CONFIG", "PJID"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        one(args.one[0], int(args.one[1]))
+        return 0
+
+    settings = stack.StackSettings.from_env()
+    stack.up(settings)
+    engine = make_engine(settings.credentials_path)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        site = SiteConfig(data_roots=[data], visit_directory=str(data) + "/{year}/{visit}",
+                          idle_seconds=0, heartbeat_seconds=5,
+                          ispyb_credentials=settings.credentials_path)
+        config_path = Path(tmp) / "site.yaml"
+        config_path.write_text(yaml.safe_dump(site.model_dump(mode="json")))
+        for run in range(args.runs):
+            visit = f"zb{uuid.uuid4().int % 10**8:08d}-1"
+            with Session(engine) as db:
+                session_id = seed_visit(db, visit, start=__import__("datetime").datetime(2026, 1, 1))
+            try:
+                visit_dir = data / "2026" / visit
+                synthetic.write_movies(visit_dir / "raw", 4, size=512, frames=8)
+                synthetic.write_gain(visit_dir / "processing" / "gain.mrc", size=512)
+                with Session(engine) as db:
+                    pjid = jobs.start_job(
+                        db, site, {**PARAMS, "motioncor_gainreference": "gain.mrc",
+                                   "motioncor_patches_x": "1", "motioncor_patches_y": "1"},
+                        visit=visit, image_directory=str(visit_dir / "raw"),
+                        file_template="*.mrc").processing_job_id
+                started = time.monotonic()
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", str(config_path), str(pjid)],
+                    capture_output=True, text=True, check=True,
+                )
+                wall = time.monotonic() - started
+                figures = json.loads(out.stdout.strip().splitlines()[-1])
+                assert figures["state"] == "success", figures
+                figures["wall"] = wall
+                figures["overhead"] = wall - figures["relion_seconds"]
+                rows.append(figures)
+                print(f"run {run + 1}: wall {wall:.2f} s, RELION {figures['relion_seconds']:.2f} s, "
+                      f"overhead {figures['overhead']:.2f} s, peak RSS "
+                      f"{figures['peak_rss_mb']:.0f} MB ({figures['message']})", flush=True)
+            finally:
+                cleanup(engine, session_id)
+    engine.dispose()
+
+    def med(key):
+        return statistics.median(r[key] for r in rows)
+
+    print(f"median of {len(rows)}: wall {med('wall'):.2f} s, RELION {med('relion_seconds'):.2f} s, "
+          f"overhead {med('overhead'):.2f} s, peak RSS {med('peak_rss_mb'):.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
