@@ -8,17 +8,25 @@ ends as soon as every movie is motion corrected). The child reports the wall tim
 commands took (``relion_pipeliner --addJob`` and the scheduler passes, which include the
 motion correction processes) and its own peak RSS; the parent times the whole command.
 Overhead = wall time of the command - RELION's time. Rows are deleted afterwards.
+
+``--stops N`` measures the stop instead: a job of 12 movies (512x512, 8 frames) runs in a
+thread; as soon as ``relion_run_motioncorr`` works in the project, ``RUNNING_RELION_IT`` is removed (what
+``relion-zo stop`` does) and the time until ``run_job`` has returned with ``stopped`` written
+and no process left in the project is taken.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -58,6 +66,7 @@ def one(config_path: str, pjid: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--stops", type=int, default=0, help="measure N stops instead")
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "PJID"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -75,10 +84,12 @@ def main() -> int:
                           ispyb_credentials=settings.credentials_path)
         config_path = Path(tmp) / "site.yaml"
         config_path.write_text(yaml.safe_dump(site.model_dump(mode="json")))
+        if args.stops:
+            return measure_stops(engine, site, data, args.stops)
         for run in range(args.runs):
             visit = f"zb{uuid.uuid4().int % 10**8:08d}-1"
             with Session(engine) as db:
-                session_id = seed_visit(db, visit, start=__import__("datetime").datetime(2026, 1, 1))
+                session_id = seed_visit(db, visit, start=datetime.datetime(2026, 1, 1))
             try:
                 visit_dir = data / "2026" / visit
                 synthetic.write_movies(visit_dir / "raw", 4, size=512, frames=8)
@@ -100,7 +111,8 @@ def main() -> int:
                 figures["wall"] = wall
                 figures["overhead"] = wall - figures["relion_seconds"]
                 rows.append(figures)
-                print(f"run {run + 1}: wall {wall:.2f} s, RELION {figures['relion_seconds']:.2f} s, "
+                print(f"run {run + 1}: wall {wall:.2f} s, "
+                      f"RELION {figures['relion_seconds']:.2f} s, "
                       f"overhead {figures['overhead']:.2f} s, peak RSS "
                       f"{figures['peak_rss_mb']:.0f} MB ({figures['message']})", flush=True)
             finally:
@@ -112,6 +124,58 @@ def main() -> int:
 
     print(f"median of {len(rows)}: wall {med('wall'):.2f} s, RELION {med('relion_seconds'):.2f} s, "
           f"overhead {med('overhead'):.2f} s, peak RSS {med('peak_rss_mb'):.0f} MB")
+    return 0
+
+
+def processes_in(folder: Path, name: str = "") -> list[int]:
+    """Processes working in ``folder`` whose name starts with ``name``."""
+    target, found = str(folder.resolve()), []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry.name}/cwd") == target and open(
+                        f"/proc/{entry.name}/comm").read().startswith(name):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def measure_stops(engine, site, data: Path, count: int) -> int:
+    from relion_zo.relion_it.pipeliner import RUNNING_RELION_IT
+    from relion_zo.runner import run_job
+
+    site = site.model_copy(update={"idle_seconds": 3600})
+    times = []
+    for n in range(count):
+        visit = f"zb{uuid.uuid4().int % 10**8:08d}-1"
+        with Session(engine) as db:
+            session_id = seed_visit(db, visit, start=datetime.datetime(2026, 1, 1))
+        try:
+            visit_dir = data / "2026" / visit
+            synthetic.write_movies(visit_dir / "raw", 12, size=512, frames=8)
+            with Session(engine) as db:
+                pjid = jobs.start_job(db, site, PARAMS, visit=visit,
+                                      image_directory=str(visit_dir / "raw"),
+                                      file_template="*.mrc").processing_job_id
+            project = visit_dir / "processed" / f"relion_{pjid}"
+            outcome = []
+            thread = threading.Thread(target=lambda: outcome.append(
+                run_job(pjid, engine=engine, config=site)))
+            thread.start()
+            while not processes_in(project, "relion_run_mot"):  # motion correction at work
+                time.sleep(0.005)
+            started = time.monotonic()
+            (project / RUNNING_RELION_IT).unlink()
+            thread.join()
+            elapsed = time.monotonic() - started
+            assert outcome[0].state == "stopped" and not processes_in(project), outcome
+            times.append(elapsed)
+            print(f"stop {n + 1}: {elapsed:.3f} s ({outcome[0].message})", flush=True)
+        finally:
+            cleanup(engine, session_id)
+    print(f"stop to final status, median of {len(times)}: {statistics.median(times):.3f} s, "
+          f"max {max(times):.3f} s")
     return 0
 
 
