@@ -10,9 +10,9 @@ motion correction processes) and its own peak RSS; the parent times the whole co
 Overhead = wall time of the command - RELION's time. Rows are deleted afterwards.
 
 ``--stops N`` measures the stop instead: a job of 12 movies (512x512, 8 frames) runs in a
-thread; as soon as ``relion_run_motioncorr`` works in the project, ``RUNNING_RELION_IT`` is removed (what
-``relion-zo stop`` does) and the time until ``run_job`` has returned with ``stopped`` written
-and no process left in the project is taken.
+thread; as soon as ``relion_run_motioncorr`` works in the project, ``RUNNING_RELION_IT`` is
+removed (what ``relion-zo stop`` does) and the time until ``run_job`` has returned with
+``stopped`` written and no process left in the project is taken.
 """
 
 from __future__ import annotations
