@@ -46,6 +46,9 @@ class SiteConfig(BaseModel):
         default=600.0, ge=0, description="a job ends after this long with no new movie"
     )
     stale_heartbeats: int = Field(default=3, ge=1)
+    worker_jobs: int = Field(
+        default=1, ge=1, le=64, description="jobs one worker runs at once (its prefetch count)"
+    )
     ispyb_credentials: Path | None = None
     zocalo_config: Path | None = None
     executables: Executables = Executables()
@@ -69,6 +72,16 @@ class SiteConfig(BaseModel):
         if not path:
             raise ConfigError(
                 "no ISPyB credentials: set ispyb_credentials in the site file or ISPYB_CREDENTIALS"
+            )
+        return Path(path)
+
+
+    def zocalo_path(self) -> Path:
+        """The zocalo configuration: the configured path, else ``ZOCALO_CONFIG``."""
+        path = self.zocalo_config or os.environ.get("ZOCALO_CONFIG")
+        if not path:
+            raise ConfigError(
+                "no zocalo configuration: set zocalo_config in the site file or ZOCALO_CONFIG"
             )
         return Path(path)
 

@@ -160,6 +160,15 @@ def _create_data_collection(db: Session, session_id: int, folder: Path, template
     ).inserted_primary_key[0]
 
 
+def data_collection_exists(db: Session, dcid: int) -> None:
+    """Raise ``NotFoundError`` for an unknown data collection id."""
+    found = db.execute(
+        select(DataCollection.dataCollectionId).where(DataCollection.dataCollectionId == dcid)
+    ).first()
+    if found is None:
+        raise NotFoundError(f"unknown data collection {dcid}")
+
+
 def _data_collection_row(db: Session, dcid: int, *, lock: bool = False):
     stmt = select(
         DataCollection.dataCollectionId,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from ispyb.sqlalchemy import (
@@ -129,6 +129,25 @@ def finish_stopped(db: Session, program_id: int, detail: str = "") -> bool:
     """A user's stop: status 1 with the documented prefix, so it is told apart from success."""
     text = STOPPED_PREFIX + (f": {detail}" if detail else "")
     return finish(db, program_id, success=True, message=text)
+
+
+def finish_lost(db: Session, program_id: int, stale_seconds: float, message: str) -> bool:
+    """Failure for a program whose heartbeat stopped: written only if it is still open AND its
+    heartbeat is still older than ``stale_seconds`` (a run that just beat again is left alone).
+    The end time keeps the last heartbeat: the last moment the run was known alive."""
+    last = func.coalesce(AutoProcProgram.processingEndTime, AutoProcProgram.processingStartTime)
+    written = _commit(
+        db,
+        _open(program_id)
+        .where(
+            AutoProcProgram.processingStartTime.is_not(None),
+            func.timestampdiff(text("SECOND"), last, func.now()) > stale_seconds,
+        )
+        .values(processingStatus=0, processingMessage=clip(message, MESSAGE_LENGTH)),
+    )
+    if written:
+        add_message(db, program_id, "ERROR", message)
+    return bool(written)
 
 
 def _open(program_id: int):

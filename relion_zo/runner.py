@@ -120,8 +120,13 @@ def run_job(
     stop: threading.Event | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     command_line: str | None = None,
+    program_id: int | None = None,
 ) -> RunOutcome:
-    """Run job ``processing_job_id`` to its end. Unknown ids raise ``NotFoundError``."""
+    """Run job ``processing_job_id`` to its end. Unknown ids raise ``NotFoundError``.
+
+    ``program_id``: a program the caller has already claimed for this job (the worker claims
+    before it starts a wrapper process); without it, the run claims one itself.
+    """
     stop = stop or threading.Event()
     note = _RunLog(processing_job_id)
     with Session(engine, expire_on_commit=False) as db:
@@ -132,7 +137,7 @@ def run_job(
             raise
         except RelionZoError as exc:  # a job that exists but whose stored rows are bad
             spec, load_error = None, exc
-        program = programs.claim(
+        program = program_id or programs.claim(
             db,
             processing_job_id,
             command_line=command_line or f"relion-zo run {processing_job_id}",
@@ -141,7 +146,9 @@ def run_job(
         if program is None:
             note("the job already has a program; not running it again")
             return RunOutcome(processing_job_id, None, "skipped", "already has a program")
-        programs.mark_running(db, program, "setting up")
+        if not programs.mark_running(db, program, "setting up"):
+            note(f"program {program} already has a final status (stopped before it started?)")
+            return RunOutcome(processing_job_id, program, "skipped", "already final")
         folder: Path | None = None
         try:
             if load_error is not None:
@@ -199,6 +206,12 @@ def _finish(
     if result.outcome == "finished":
         programs.finish(db, program, success=True, message=summary)
         state, message = "success", summary
+    elif result.outcome == "stopped" and getattr(stop, "as_failure", False):
+        # Not a user's stop: e.g. the worker that started this run died.
+        message = f"{stop.reason}; {summary}"
+        programs.finish(db, program, success=False, message=message)
+        programs.add_message(db, program, "ERROR", message, description=stop.reason)
+        state = "failure"
     elif result.outcome == "stopped":
         how = getattr(stop, "reason", None) or (
             "interrupted" if stop.is_set() else "RUNNING_RELION_IT removed")
@@ -214,9 +227,15 @@ def _finish(
     return RunOutcome(pjid, program, state, message, folder)
 
 
-def run_job_until_signalled(processing_job_id: int, **kwargs) -> RunOutcome:
+def run_job_until_signalled(
+    processing_job_id: int, *, parent_pid: int | None = None, **kwargs
+) -> RunOutcome:
     """``run_job`` with SIGTERM and SIGINT turned into a stop: the driver ends its RELION
-    processes, the final status says which signal stopped it, and the call returns."""
+    processes, the final status says which signal stopped it, and the call returns.
+
+    ``parent_pid``: the worker that started this process. A signal that arrives after it died
+    (the child asks the kernel for SIGTERM when its parent dies) ends the run as a failure.
+    """
     import signal
 
     stop = kwargs.pop("stop", None) or threading.Event()
@@ -224,7 +243,11 @@ def run_job_until_signalled(processing_job_id: int, **kwargs) -> RunOutcome:
 
     def handler(signum, frame):
         received.append(signal.Signals(signum).name)
-        stop.reason = f"{received[-1]} received"
+        if parent_pid is not None and os.getppid() != parent_pid:
+            stop.reason = f"the worker (pid {parent_pid}) that ran this job died"
+            stop.as_failure = True
+        else:
+            stop.reason = f"{received[-1]} received"
         stop.set()
 
     previous = {}

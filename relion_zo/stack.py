@@ -33,6 +33,9 @@ EPMD = "/usr/lib/erlang/bin/epmd"
 DB_USER = "relion_zo"
 MQ_USER = "relion_zo"
 START_TIMEOUT = 90.0
+CONSUMER_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+# The recipes of this checkout: zocalo's Dispatcher loads "relion" and "relion-stop" from here.
+RECIPE_DIRECTORY = Path(__file__).resolve().parent.parent / "wrappers"
 
 
 class StackError(RelionZoError):
@@ -306,7 +309,10 @@ def _start_rabbitmq(settings: StackSettings, password: str) -> None:
         cookie.chmod(0o400)
     (home / "enabled_plugins").write_text("[].\n")
     (home / "rabbitmq.conf").write_text(
-        "listeners.tcp.default = 127.0.0.1:%d\nloopback_users = none\n" % settings.rabbitmq_port
+        "listeners.tcp.default = 127.0.0.1:%d\nloopback_users = none\n"
+        # A worker holds a run's message unacknowledged until the run ends (prefetch is its
+        # limit on concurrent jobs); RELION sessions last hours, RabbitMQ's default is 30 min.
+        "consumer_timeout = %d\n" % (settings.rabbitmq_port, CONSUMER_TIMEOUT_MS)
     )
     (home / "advanced.config").write_text("[].\n")
     (home / "rabbitmq-env.conf").write_text("")
@@ -338,6 +344,19 @@ def _start_rabbitmq(settings: StackSettings, password: str) -> None:
     _check(_ctl(settings, "set_permissions", "-p", "/", MQ_USER, ".*", ".*", ".*"), "permissions")
 
 
+def queue_counts(settings: StackSettings) -> dict[str, tuple[int, int]]:
+    """Each queue's (ready, unacknowledged) message counts, from rabbitmqctl."""
+    result = _ctl(settings, "list_queues", "name", "messages_ready", "messages_unacknowledged",
+                  "--quiet", "--no-table-headers")
+    _check(result, "list_queues")
+    counts = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            counts[parts[0]] = (int(parts[1]), int(parts[2]))
+    return counts
+
+
 def _check(result: subprocess.CompletedProcess, what: str) -> None:
     if result.returncode != 0:
         raise StackError(f"rabbitmqctl {what} failed: {result.stderr.strip() or result.stdout}")
@@ -354,11 +373,12 @@ def _write_zocalo_config(settings: StackSettings, password: str) -> None:
             "password": password,
             "vhost": "/",
         },
+        "storage": {"plugin": "storage", "zocalo.recipe_directory": str(RECIPE_DIRECTORY)},
         # "default" is what zocalo's commands (zocalo.go, zocalo.wrap, zocalo.service) activate
         # when no -e is given; "local" names the same thing explicitly.
         "environments": {
-            "default": {"plugins": ["rabbitmq"]},
-            "local": {"plugins": ["rabbitmq"]},
+            "default": {"plugins": ["rabbitmq", "storage"]},
+            "local": {"plugins": ["rabbitmq", "storage"]},
         },
     }
     _write_private(settings.zocalo_config_path, yaml.safe_dump(config, sort_keys=False))
@@ -403,6 +423,9 @@ def up(settings: StackSettings) -> dict:
         log.info("starting RabbitMQ on 127.0.0.1:%s", settings.rabbitmq_port)
         _start_rabbitmq(settings, passwords["rabbitmq"])
     _write_zocalo_config(settings, passwords["rabbitmq"])  # cheap; keeps it current
+    from relion_zo import broker
+
+    broker.declare(settings.zocalo_config_path)
     return status(settings)
 
 

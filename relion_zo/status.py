@@ -142,7 +142,10 @@ def query_states(
     stmt = _query(processing_job_id, data_collection_id, session_id)
     if lock:
         stmt = stmt.with_for_update(of=ProcessingJob)
-    rows = db.execute(stmt).all()
+    return _rows(db.execute(stmt).all(), stale_seconds)
+
+
+def _rows(rows, stale_seconds: float) -> list[JobStatus]:
     return [
         JobStatus(
             processing_job_id=pjid,
@@ -165,6 +168,17 @@ def query_states(
         )
         for pjid, dcid, sid, appid, start, beat, status, message, now in rows
     ]
+
+
+def lost_jobs(
+    db: Session | Connection, *, stale_seconds: float, session_id: int | None = None
+) -> list[JobStatus]:
+    """Jobs whose newest program started, has no final status and no recent heartbeat."""
+    stmt = _query(None, None, session_id).where(
+        AutoProcProgram.processingStatus.is_(None),
+        AutoProcProgram.processingStartTime.is_not(None),
+    )
+    return [s for s in _rows(db.execute(stmt).all(), stale_seconds) if s.state == "lost"]
 
 
 def sql_path() -> Path:

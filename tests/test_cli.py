@@ -36,7 +36,8 @@ def cli_visit(engine, site, tmp_path):
 
 
 def _start(v, *extra):
-    return main(["start", "--config", v["config"], "--visit", v["name"], "--image-directory",
+    return main(["start", "--no-send", "--config", v["config"], "--visit", v["name"],
+                 "--image-directory",
                  str(v["raw"]), "--file-template", "*.mrc", "--params-file", v["params"], *extra])
 
 

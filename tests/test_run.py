@@ -131,7 +131,7 @@ def test_stop_ends_relion_and_records_stopped(engine, tmp_path, stack_settings, 
     while not processes_in(project) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert processes_in(project), "relion_pipeliner never started"
-    assert stop_cli.main(["--config", str(site_file), str(pjid)]) == 0
+    assert stop_cli.main(["--local", "--config", str(site_file), str(pjid)]) == 0
     assert "will stop" in capsys.readouterr().out
     outcome = run.join(RUN_LIMIT)
 
@@ -142,7 +142,7 @@ def test_stop_ends_relion_and_records_stopped(engine, tmp_path, stack_settings, 
     assert processes_in(project) == []
     assert not list(project.glob(pl.RUNNING_PIPELINER + "*"))
     # A second stop finds nothing to stop.
-    assert stop_cli.main(["--config", str(site_file), str(pjid)]) == 1
+    assert stop_cli.main(["--local", "--config", str(site_file), str(pjid)]) == 1
 
 
 def test_sigterm_stops_the_foreground_run(engine, tmp_path, stack_settings, live_visits):
@@ -266,7 +266,7 @@ def test_unknown_job_writes_nothing(engine, site, db, tmp_path, capsys):
     before = row_counts(db)
     assert run_cli.main(["--config", str(site_file), "999999999"]) == 1
     assert "unknown processing job 999999999" in capsys.readouterr().err
-    assert stop_cli.main(["--config", str(site_file), "999999999"]) == 1
+    assert stop_cli.main(["--local", "--config", str(site_file), "999999999"]) == 1
     db.rollback()
     assert row_counts(db) == before
 

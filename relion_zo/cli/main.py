@@ -9,7 +9,12 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "start": ("relion_zo.cli.start", "write a processing job for a folder of movies"),
     "run": ("relion_zo.cli.run", "run a processing job in the foreground (no broker)"),
-    "stop": ("relion_zo.cli.stop", "stop a running job (removes its RUNNING_RELION_IT)"),
+    "stop": ("relion_zo.cli.stop", "stop a job (SynchWeb's Stop), through the broker or --local"),
+    "restart": ("relion_zo.cli.restart", "stop a data collection's job and start it again"),
+    "reprocess": ("relion_zo.cli.reprocess", "a new job from an old one's parameters (or a list)"),
+    "worker": ("relion_zo.cli.worker", "consume run and stop messages (a zocalo service)"),
+    "dispatcher": ("relion_zo.cli.worker", "zocalo's Dispatcher with this site's settings"),
+    "reap": ("relion_zo.cli.reap", "record a failure for jobs whose heartbeat stopped"),
     "status": ("relion_zo.cli.status", "job states by job id, data collection or visit"),
     "stack": ("relion_zo.cli.stack", "start or stop the local MariaDB and RabbitMQ"),
     "demo-data": ("relion_zo.cli.demo_data", "seed a demo visit with synthetic movies"),
@@ -36,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     try:
+        if name == "dispatcher":
+            return module.dispatcher_main(rest)
         return module.main(rest)
     except SystemExit as exc:  # argparse's --help and usage errors
         return exc.code if isinstance(exc.code, int) else 1

@@ -1,4 +1,7 @@
-"""``relion-zo start``: write a processing job for a folder of movies (SynchWeb's Start)."""
+"""``relion-zo start``: SynchWeb's Start. Writes a processing job for a folder of movies, then
+sends ``{"recipes": ["relion"], "parameters": {"ispyb_process": PJID}}`` to zocalo's
+``processing_recipe`` queue (what ``zocalo.go -r relion -p PJID`` sends). ``--no-send`` only
+writes the job (run it with ``relion-zo run PJID``)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from relion_zo import jobs
+from relion_zo import broker, jobs
+from relion_zo.broker import BrokerError
 from relion_zo.cli.common import add_config_option, guarded, open_site
 from relion_zo.db import session_scope
 from relion_zo.errors import InputError
@@ -32,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--display-name", help="ProcessingJob.displayName")
     parser.add_argument("--comments", help="ProcessingJob.comments")
+    parser.add_argument("--no-send", action="store_true",
+                        help="write the job only; do not send it to zocalo")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -55,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = read_params_file(args.params_file) if args.params_file else []
         pairs += pairs_from_args(args.param)
         config, engine = open_site(args)
+        zocalo = None if args.no_send else config.zocalo_path()  # before anything is written
         try:
             with session_scope(engine) as db:
                 result = jobs.start_job(
@@ -70,12 +77,23 @@ def main(argv: list[str] | None = None) -> int:
                 )
         finally:
             engine.dispose()
+        if zocalo is not None:
+            try:
+                broker.send(zocalo, [broker.recipe_message(broker.RUN_RECIPE,
+                                                           result.processing_job_id)])
+            except BrokerError as exc:
+                raise BrokerError(
+                    f"processing job {result.processing_job_id} was written but not sent: {exc}; "
+                    f"send it with: zocalo.go -r relion -p {result.processing_job_id}, or stop it "
+                    f"with: relion-zo stop --local {result.processing_job_id}"
+                ) from None
         if args.json:
-            print(json.dumps(result.__dict__))
+            print(json.dumps({**result.__dict__, "sent": zocalo is not None}))
         else:
             print(
                 f"processing job {result.processing_job_id} submitted for data collection "
                 f"{result.data_collection_id} ({result.movies} movies so far)"
+                + ("" if zocalo is None else "; sent to zocalo")
             )
         return 0
 

@@ -1,45 +1,69 @@
-"""``relion-zo stop PJID``: stop a running job by removing its ``RUNNING_RELION_IT`` file.
+"""``relion-zo stop``: SynchWeb's Stop button for a job or a data collection's active job.
 
-The file lives in the job's project directory on the shared filesystem, so the stop reaches
-the wrapper wherever it runs; the wrapper ends RELION's pipeliners within a second or two and
-records the final status ``stopped``.
+By default it sends the ``relion-stop`` recipe through the broker (what SynchWeb does); the
+worker that receives it removes the job's ``RUNNING_RELION_IT`` on the shared filesystem, and the
+wrapper, wherever it runs, ends RELION and records ``stopped``. A job that is only submitted or
+queued is marked so that no wrapper starts it. ``--local`` does the same from this shell without
+the broker. ``--wait`` waits until the job's status is final.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from relion_zo import jobs, project
+from relion_zo import broker, control
 from relion_zo.cli.common import add_config_option, guarded, open_site
 from relion_zo.db import session_scope
-from relion_zo.relion_it.pipeliner import RUNNING_RELION_IT
+from relion_zo.errors import InputError
 
 
-def stop_job(db, config, processing_job_id: int) -> tuple[bool, str]:
-    spec = jobs.load_job(db, config, processing_job_id)
-    folder = project.project_directory(config, spec.visit_directory, processing_job_id)
-    running = folder / RUNNING_RELION_IT
-    try:
-        running.unlink()
-    except FileNotFoundError:
-        return False, f"processing job {processing_job_id} is not running ({running} is absent)"
-    return True, f"processing job {processing_job_id}: removed {running}; the job will stop"
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relion-zo stop", description=__doc__)
+    add_config_option(parser)
+    parser.add_argument("job", nargs="?", type=int, help="the processing job id")
+    parser.add_argument("--dcid", type=int, help="stop this data collection's active job")
+    parser.add_argument("--local", action="store_true", help="act here, not through the broker")
+    parser.add_argument("--wait", type=float, metavar="SECONDS",
+                        help="wait up to this long for the final status")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="relion-zo stop", description=__doc__)
-    add_config_option(parser)
-    parser.add_argument("job", type=int, help="the processing job id")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def body() -> int:
+        if (args.job is None) == (args.dcid is None):
+            raise InputError("give a job id or --dcid")
         config, engine = open_site(args)
         try:
             with session_scope(engine) as db:
-                stopped, message = stop_job(db, config, args.job)
+                if args.dcid is not None:
+                    active = control.active_job_of(db, config, args.dcid)
+                    if active is None:
+                        print(f"data collection {args.dcid} has no active job")
+                        return 1
+                    pjid = active.processing_job_id
+                else:
+                    pjid = args.job
+                state = control.job_state(db, config, pjid)
+                db.rollback()
+                if args.local:
+                    result = control.stop_job(db, config, pjid)
+                    print(result.message)
+                    stopped = result.action != "final"
+                elif state.state in ("success", "stopped", "failure"):
+                    print(f"processing job {pjid} is already {state.state}")
+                    stopped = False
+                else:
+                    broker.send(config.zocalo_path(),
+                                [broker.recipe_message(broker.STOP_RECIPE, pjid)])
+                    print(f"processing job {pjid}: stop sent")
+                    stopped = True
+                if stopped and args.wait:
+                    final = control.wait_until_final(db, config, pjid, args.wait)
+                    print(f"processing job {pjid}: {final.state}")
         finally:
             engine.dispose()
-        print(message)
         return 0 if stopped else 1
 
     return guarded(body)

@@ -1,0 +1,49 @@
+"""``relion-zo reap``: record a failure for every job whose wrapper stopped beating.
+
+A wrapper killed with SIGKILL, or on a machine that died, cannot write its final status; its
+job shows as ``lost`` once its heartbeat is older than ``heartbeat_seconds x
+stale_heartbeats``. Reaping closes such jobs (status 0, ``lost: no heartbeat since ...`` and an
+ERROR message), so their data collections can be started again. A job that beats again in the
+meantime is left alone. Safe to run from cron on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from relion_zo import programs, status
+from relion_zo.cli.common import add_config_option, guarded, open_site
+from relion_zo.db import session_scope
+from relion_zo.visits import find_visit
+
+
+def reap(db, config, session_id: int | None = None) -> list[int]:
+    reaped = []
+    for job in status.lost_jobs(db, stale_seconds=config.stale_seconds, session_id=session_id):
+        db.rollback()
+        text = f"lost: no heartbeat since {job.heartbeat:%Y-%m-%d %H:%M:%S} (reaped)"
+        if programs.finish_lost(db, job.auto_proc_program_id, config.stale_seconds, text):
+            reaped.append(job.processing_job_id)
+    return reaped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relion-zo reap", description=__doc__)
+    add_config_option(parser)
+    parser.add_argument("--visit", help="only this visit's jobs")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        config, engine = open_site(args)
+        try:
+            with session_scope(engine) as db:
+                session_id = find_visit(db, args.visit).session_id if args.visit else None
+                reaped = reap(db, config, session_id)
+        finally:
+            engine.dispose()
+        for pjid in reaped:
+            print(f"processing job {pjid}: lost, recorded as failure")
+        print(f"{len(reaped)} lost job(s) reaped")
+        return 0
+
+    return guarded(body)
