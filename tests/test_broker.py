@@ -267,3 +267,20 @@ def parameters(engine, pjid) -> dict:
 def count_jobs(engine) -> int:
     with Session(engine) as db:
         return db.execute(select(func.count()).select_from(ProcessingJob)).scalar()
+
+
+def test_the_demo_runs_end_to_end_through_the_broker(engine, tmp_path, services, capsys):
+    from conftest import new_visit_name
+    from relion_zo.cli.main import main as cli
+    from relion_zo.demo import remove_visit
+    from relion_zo.visits import find_visit
+
+    visit = new_visit_name()
+    try:
+        assert cli(["demo", "--root", str(tmp_path / "demo"), "--visit", visit]) == 0
+        out = capsys.readouterr().out
+        assert "success (Import 4, MotionCorr 4/4)" in out
+        assert out.rstrip().splitlines()[-1].split()[2] == "success"
+    finally:
+        with Session(engine) as db:
+            remove_visit(db, find_visit(db, visit).session_id)

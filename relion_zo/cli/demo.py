@@ -1,18 +1,22 @@
 """``relion-zo demo``: the main job end to end on the local stack.
 
-Brings the local MariaDB and RabbitMQ up, seeds a demo visit with synthetic movies, presses
-Start for it, runs the job with real RELION (Import and motion correction) and prints the
-visit's status table. Run it again and it processes the same movies as a new job.
+Brings the local MariaDB and RabbitMQ up, starts zocalo's Dispatcher and a relion_zo worker,
+seeds a demo visit with synthetic movies and presses Start for it: the message goes through
+RabbitMQ to the worker, which runs the job with real RELION (Import and motion correction)
+while the demo follows the job's state in ISPyB, then prints the visit's status table and
+stops the services. ``--foreground`` runs the job in this process instead (``relion-zo run``,
+no broker). Run it again and it processes the same movies as a new job.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import yaml
 
-from relion_zo import jobs, stack
+from relion_zo import broker, control, jobs, stack
 from relion_zo.cli import run as run_cli
 from relion_zo.cli import status as status_cli
 from relion_zo.cli.common import guarded
@@ -20,6 +24,7 @@ from relion_zo.cli.demo_data import add_demo_options, seed
 from relion_zo.config import load_config
 from relion_zo.db import make_engine, session_scope
 from relion_zo.errors import ActiveJobError
+from relion_zo.services import LocalServices
 
 
 def start_or_resume(demo) -> int:
@@ -48,9 +53,36 @@ def start_or_resume(demo) -> int:
     return result.processing_job_id
 
 
+def follow(config_path: Path, pjid: int, limit: float = 600) -> str:
+    """Print the job's state from ISPyB as it changes, until it is final."""
+    config = load_config(config_path)
+    engine = make_engine(config.credentials_path())
+    shown = None
+    deadline = time.monotonic() + limit
+    try:
+        with session_scope(engine) as db:
+            while True:
+                state = control.job_state(db, config, pjid)
+                db.rollback()
+                line = f"job {pjid}: {state.state}" + (
+                    f" ({state.message})" if state.message else "")
+                if line != shown:
+                    print(line, flush=True)
+                    shown = line
+                if state.state in ("success", "stopped", "failure", "lost"):
+                    return state.state
+                if time.monotonic() > deadline:
+                    return state.state
+                time.sleep(0.5)
+    finally:
+        engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="relion-zo demo", description=__doc__)
     add_demo_options(parser)
+    parser.add_argument("--foreground", action="store_true",
+                        help="run the job in this process, without the broker")
     args = parser.parse_args(argv)
 
     def body() -> int:
@@ -61,13 +93,27 @@ def main(argv: list[str] | None = None) -> int:
         print("== demo visit")
         demo = seed(args)
         print(f"visit {demo.visit}: {demo.image_directory}/{demo.file_template}")
-        print("== Start")
-        pjid = start_or_resume(demo)
         config = ["--config", str(demo.config_path)]
-        print("== run (RELION Import and motion correction)", flush=True)
-        run_code = run_cli.main(config + [str(pjid)])
+        if args.foreground:
+            print("== Start")
+            pjid = start_or_resume(demo)
+            print("== run in the foreground (RELION Import and motion correction)", flush=True)
+            code = run_cli.main(config + [str(pjid)])
+        else:
+            logs = Path(args.root) / "logs"
+            with LocalServices(demo.config_path, settings.zocalo_config_path, logs) as services:
+                print(f"== zocalo Dispatcher and a relion_zo worker (logs in {logs})", flush=True)
+                services.dispatcher()
+                services.worker()
+                print("== Start (ISPyB rows, then a message to processing_recipe)")
+                pjid = start_or_resume(demo)
+                broker.send(settings.zocalo_config_path,
+                            [broker.recipe_message(broker.RUN_RECIPE, pjid)])
+                print("== the worker runs RELION (Import and motion correction)", flush=True)
+                final = follow(demo.config_path, pjid)
+            code = 0 if final == "success" else 1
         print("== status")
         status_code = status_cli.main(config + ["--visit", demo.visit])
-        return run_code or status_code
+        return code or status_code
 
     return guarded(body)

@@ -1,0 +1,78 @@
+"""Run zocalo's Dispatcher and relion_zo workers as child processes of this one (the demo and
+the benchmarks; a facility runs them under its own process supervisor, docs/operations.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from relion_zo import broker
+from relion_zo.errors import RelionZoError
+
+
+class ServiceError(RelionZoError):
+    pass
+
+
+class LocalServices:
+    def __init__(self, site_file: Path, zocalo: Path, log_folder: Path):
+        self.site_file = Path(site_file)
+        self.zocalo = Path(zocalo)
+        self.log_folder = Path(log_folder)
+        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def start(self, command: str, queue: str, timeout: float = 60) -> subprocess.Popen:
+        """``relion-zo COMMAND`` in a session of its own; returns once it consumes ``queue``."""
+        self.log_folder.mkdir(parents=True, exist_ok=True)
+        before = broker.consumers(self.zocalo, queue)
+        log = self.log_folder / f"{command}-{len(self.procs) + 1}.log"
+        env = dict(os.environ, ZOCALO_CONFIG=str(self.zocalo),
+                   RELION_ZO_CONFIG=str(self.site_file.resolve()))
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [shutil.which("relion-zo") or "relion-zo", command, "--config",
+                 str(self.site_file)],
+                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs.append((command, proc, log))
+        deadline = time.monotonic() + timeout
+        while broker.consumers(self.zocalo, queue) <= before:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError(f"relion-zo {command} did not start; see {log}")
+            time.sleep(0.1)
+        return proc
+
+    def dispatcher(self) -> subprocess.Popen:
+        return self.start("dispatcher", broker.PROCESSING_RECIPE)
+
+    def worker(self) -> subprocess.Popen:
+        return self.start("worker", broker.RUN_QUEUE)
+
+    def stop(self, grace: float = 10) -> None:
+        """SIGTERM each service's process group, SIGKILL what is left after ``grace``."""
+        for _, proc, _ in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for _, proc, _ in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> LocalServices:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
