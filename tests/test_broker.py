@@ -284,3 +284,25 @@ def test_the_demo_runs_end_to_end_through_the_broker(engine, tmp_path, services,
     finally:
         with Session(engine) as db:
             remove_visit(db, find_visit(db, visit).session_id)
+
+
+def test_a_dead_workers_child_stops_relion_and_records_why(engine, tmp_path, stack_settings,
+                                                            live_visits, services):
+    site = site_config(tmp_path, stack_settings, idle_seconds=3600)
+    services.site_file = write_site_file(site, tmp_path / "site-orphan.yaml")
+    services.dispatcher()
+    services.worker()
+    live = live_visits(site)
+    pjid = start_cli(services, live)
+    wait_state(engine, site, pjid, {"running"})
+    wait_until((live.project(pjid) / "RUNNING_RELION_IT").exists, "RELION running")
+    (program,) = program_rows(engine, pjid)
+    service_pid = int(program.processingEnvironment.split("pid=")[1].split()[0])
+    os.kill(service_pid, signal.SIGKILL)  # only the process that supervises the wrapper
+    state = wait_state(engine, site, pjid, {"failure", "success", "stopped"}, limit=60)
+    assert state.state == "failure"
+    assert f"the worker (pid {service_pid}) that ran this job died" in state.message
+    wait_until(lambda: processes_in(live.project(pjid)) == [], "RELION ended", limit=30)
+    services.worker()  # the run message comes back to a worker, which finds the job final
+    wait_until(services.idle, "the redelivered run acknowledged")
+    assert len(program_rows(engine, pjid)) == 1

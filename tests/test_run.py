@@ -352,3 +352,18 @@ def test_claim_is_exactly_once_under_concurrency(engine, live):
     assert len(claimed) == 4
     assert len([c for c in claimed if c is not None]) == 1
     assert len(program_rows(engine, pjid)) == 1
+
+
+def test_stopping_a_queued_job_keeps_it_from_running(engine, site, live):
+    from relion_zo import control, programs
+
+    pjid = live.start()
+    with Session(engine) as db:
+        program = programs.claim(db, pjid, command_line="a worker about to start it")
+        assert job_status(engine, site, pjid).state == "queued"
+        result = control.stop_job(db, site, pjid)
+    assert result.action == "marked"
+    outcome = run_job(pjid, engine=engine, config=site, program_id=program)
+    assert outcome.state == "skipped"
+    assert job_status(engine, site, pjid).state == "stopped"
+    assert not live.project(pjid).exists()
