@@ -15,6 +15,9 @@ from relion_zo import broker
 from relion_zo.errors import RelionZoError
 
 
+READY_TEXT = "ready: up to"  # what relion_zo.worker logs once it consumes its queues
+
+
 class ServiceError(RelionZoError):
     pass
 
@@ -26,8 +29,11 @@ class LocalServices:
         self.log_folder = Path(log_folder)
         self.procs: list[tuple[str, subprocess.Popen, Path]] = []
 
-    def start(self, command: str, queue: str, timeout: float = 60) -> subprocess.Popen:
-        """``relion-zo COMMAND`` in a session of its own; returns once it consumes ``queue``."""
+    def start(
+        self, command: str, queue: str, timeout: float = 60, ready_text: str | None = None
+    ) -> subprocess.Popen:
+        """``relion-zo COMMAND`` in a session of its own; returns once it consumes ``queue``
+        (one more consumer on it, or ``ready_text`` in its log when given)."""
         self.log_folder.mkdir(parents=True, exist_ok=True)
         before = broker.consumers(self.zocalo, queue)
         log = self.log_folder / f"{command}-{len(self.procs) + 1}.log"
@@ -42,7 +48,12 @@ class LocalServices:
             )
         self.procs.append((command, proc, log))
         deadline = time.monotonic() + timeout
-        while broker.consumers(self.zocalo, queue) <= before:
+        def ready() -> bool:
+            if ready_text is not None:
+                return ready_text in log.read_text(errors="replace")
+            return broker.consumers(self.zocalo, queue) > before
+
+        while not ready():
             if proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise ServiceError(f"relion-zo {command} did not start; see {log}")
@@ -53,7 +64,8 @@ class LocalServices:
         return self.start("dispatcher", broker.PROCESSING_RECIPE)
 
     def worker(self) -> subprocess.Popen:
-        return self.start("worker", broker.RUN_QUEUE)
+        # Not the consumer count: a worker killed a moment ago may still be counted.
+        return self.start("worker", broker.RUN_QUEUE, ready_text=READY_TEXT)
 
     def stop(self, grace: float = 10) -> None:
         """SIGTERM each service's process group, SIGKILL what is left after ``grace``."""

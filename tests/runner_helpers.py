@@ -22,8 +22,8 @@ class Services(LocalServices):
         return dict(os.environ, ZOCALO_CONFIG=str(self.zocalo),
                     RELION_ZO_CONFIG=str(self.site_file))
 
-    def start(self, command, queue, timeout=60):
-        proc = super().start(command, queue, timeout)
+    def start(self, command, queue, timeout=60, ready_text=None):
+        proc = super().start(command, queue, timeout, ready_text)
         self.log_files.append(self.procs[-1][2])
         return proc
 
