@@ -39,6 +39,16 @@ def services(tmp_path, site, stack_settings):
     broker.purge(zocalo, all_queues)
 
 
+def with_idle(services, tmp_path, stack_settings, idle_seconds: float, workers: int = 1):
+    """A site whose jobs end ``idle_seconds`` after their last movie, with a Dispatcher and
+    ``workers`` workers using it."""
+    site = site_config(tmp_path, stack_settings, idle_seconds=idle_seconds)
+    services.site_file = write_site_file(site, tmp_path / f"site-idle-{idle_seconds:g}.yaml")
+    services.dispatcher()
+    started = [services.worker() for _ in range(workers)]
+    return site, started
+
+
 def wait_state(engine, site, pjid, states, limit=LIMIT):
     deadline = time.monotonic() + limit
     while True:
@@ -121,10 +131,7 @@ def test_bad_messages_are_dead_lettered_not_retried(engine, site, services):
 
 
 def test_stop_through_the_broker(engine, tmp_path, stack_settings, live_visits, services):
-    site = site_config(tmp_path, stack_settings, idle_seconds=3600)
-    services.site_file = write_site_file(site, tmp_path / "site-long.yaml")
-    services.dispatcher()
-    services.worker()
+    site, _ = with_idle(services, tmp_path, stack_settings, 3600)
     live = live_visits(site, movies=2)
     pjid = start_cli(services, live)
     wait_state(engine, site, pjid, {"running"})
@@ -154,10 +161,7 @@ def test_stopping_a_submitted_job_keeps_it_from_starting(engine, site, live_visi
 
 
 def test_restart_and_reprocess(engine, tmp_path, stack_settings, live_visits, services):
-    site = site_config(tmp_path, stack_settings, idle_seconds=4)
-    services.site_file = write_site_file(site, tmp_path / "site-restart.yaml")
-    services.dispatcher()
-    services.worker()
+    site, _ = with_idle(services, tmp_path, stack_settings, 4)
     live = live_visits(site)
     old = start_cli(services, live)
     state = wait_state(engine, site, old, {"running"})
@@ -206,10 +210,7 @@ def test_bulk_reprocess_is_resumable(engine, site, live_visits, services, tmp_pa
 
 def test_killed_worker_leaves_no_running_job(engine, site, live_visits, services, tmp_path,
                                              stack_settings):
-    site = site_config(tmp_path, stack_settings, idle_seconds=3600)
-    services.site_file = write_site_file(site, tmp_path / "site-kill.yaml")
-    services.dispatcher()
-    first = services.worker()
+    site, (first,) = with_idle(services, tmp_path, stack_settings, 3600)
     live = live_visits(site)
     pjid = start_cli(services, live)
     wait_state(engine, site, pjid, {"running"})
@@ -288,10 +289,7 @@ def test_the_demo_runs_end_to_end_through_the_broker(engine, tmp_path, services,
 
 def test_a_dead_workers_child_stops_relion_and_records_why(engine, tmp_path, stack_settings,
                                                             live_visits, services):
-    site = site_config(tmp_path, stack_settings, idle_seconds=3600)
-    services.site_file = write_site_file(site, tmp_path / "site-orphan.yaml")
-    services.dispatcher()
-    services.worker()
+    site, _ = with_idle(services, tmp_path, stack_settings, 3600)
     live = live_visits(site)
     pjid = start_cli(services, live)
     wait_state(engine, site, pjid, {"running"})
