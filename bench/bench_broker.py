@@ -29,13 +29,14 @@ import yaml
 from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_run import processes_in  # noqa: E402
+
 from bench_store import PARAMS, cleanup  # noqa: E402
 
 from relion_zo import broker, control, jobs, stack, synthetic  # noqa: E402
 from relion_zo.config import SiteConfig  # noqa: E402
 from relion_zo.db import make_engine  # noqa: E402
 from relion_zo.demo import seed_visit  # noqa: E402
+from relion_zo.relion_it.driver import processes_in  # noqa: E402
 from relion_zo.services import LocalServices  # noqa: E402
 
 FINAL = {"success", "stopped", "failure"}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from relion_zo import jobs, stack, synthetic  # noqa: E402
 from relion_zo.config import SiteConfig, load_config  # noqa: E402
 from relion_zo.db import make_engine  # noqa: E402
 from relion_zo.demo import seed_visit  # noqa: E402
+from relion_zo.relion_it.driver import processes_in  # noqa: E402
 
 
 def one(config_path: str, pjid: int) -> None:
@@ -125,20 +125,6 @@ def main() -> int:
     print(f"median of {len(rows)}: wall {med('wall'):.2f} s, RELION {med('relion_seconds'):.2f} s, "
           f"overhead {med('overhead'):.2f} s, peak RSS {med('peak_rss_mb'):.0f} MB")
     return 0
-
-
-def processes_in(folder: Path, name: str = "") -> list[int]:
-    """Processes working in ``folder`` whose name starts with ``name``."""
-    target, found = str(folder.resolve()), []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if os.readlink(f"/proc/{entry.name}/cwd") == target and open(
-                        f"/proc/{entry.name}/comm").read().startswith(name):
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
 
 
 def measure_stops(engine, site, data: Path, count: int) -> int:

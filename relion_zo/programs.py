@@ -194,6 +194,16 @@ def add_message(
     )
 
 
+def is_final(db: Session, program_id: int) -> bool:
+    status = db.execute(
+        select(AutoProcProgram.processingStatus).where(
+            AutoProcProgram.autoProcProgramId == program_id
+        )
+    ).scalar()
+    db.rollback()
+    return status is not None
+
+
 def programs_of_job(db: Session, processing_job_id: int) -> list[int]:
     return list(
         db.execute(

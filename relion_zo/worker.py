@@ -37,7 +37,8 @@ from sqlalchemy.orm import Session
 from relion_zo import control, programs, status
 from relion_zo.config import SiteConfig
 from relion_zo.dispatch import parse_job_id
-from relion_zo.errors import NotFoundError
+from relion_zo.errors import NotFoundError, RelionZoError
+from relion_zo.relion_it.driver import end_relion_in
 from relion_zo.runner import environment_text
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,18 @@ class Supervisor:
         if code is None:
             return False
         with Session(self.engine) as db:
+            if programs.is_final(db, held.program):
+                log.info("job %s: wrapper ended (%s)", held.pjid, code)
+                return True
+            # First end what the dead wrapper left running, so that once the status says
+            # failure nothing of the job runs any more.
+            try:
+                project = control.running_file(db, self.config, held.pjid).parent
+            except RelionZoError as exc:  # e.g. rows that no longer load: nothing to clean
+                log.warning("job %s: no project to clean up: %s", held.pjid, exc)
+                project = None
+            if project is not None and project.is_dir() and end_relion_in(project):
+                log.warning("job %s: ended RELION processes left in %s", held.pjid, project)
             how = f"signal {-code}" if code < 0 else f"exit status {code}"
             message = f"the wrapper process ended ({how}) without a final status"
             if programs.finish(db, held.program, success=False, message=message):

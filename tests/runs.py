@@ -4,7 +4,6 @@ these tests cannot live in a rolled-back transaction), site files, process check
 from __future__ import annotations
 
 import datetime as dt
-import os
 import threading
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from ispyb.sqlalchemy import AutoProcProgram, AutoProcProgramAttachment, AutoPro
 from relion_zo import jobs, status, synthetic
 from relion_zo.config import SiteConfig
 from relion_zo.demo import remove_visit, seed_visit
+from relion_zo.relion_it.driver import processes_in  # noqa: F401 - tests import it from here
 from relion_zo.runner import RunOutcome, run_job
 
 MOVIE = {"size": 128, "frames": 4}
@@ -104,20 +104,6 @@ def error_messages(engine, app: int) -> list[str]:
         return list(db.execute(select(AutoProcProgramMessage.message).where(
             AutoProcProgramMessage.autoProcProgramId == app,
             AutoProcProgramMessage.severity == "ERROR")).scalars())
-
-
-def processes_in(folder: Path) -> list[int]:
-    """Processes whose working directory is ``folder`` (RELION runs in the project)."""
-    found = []
-    target = str(folder.resolve())
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if os.readlink(f"/proc/{entry.name}/cwd") == target:
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
 
 
 class Background:

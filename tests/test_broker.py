@@ -304,3 +304,32 @@ def test_a_dead_workers_child_stops_relion_and_records_why(engine, tmp_path, sta
     services.worker()  # the run message comes back to a worker, which finds the job final
     wait_until(services.idle, "the redelivered run acknowledged")
     assert len(program_rows(engine, pjid)) == 1
+
+
+def test_a_wrapper_killed_under_a_live_worker_gets_its_failure_written(
+        engine, tmp_path, stack_settings, live_visits, services):
+    site, _ = with_idle(services, tmp_path, stack_settings, 3600)
+    live = live_visits(site)
+    pjid = start_cli(services, live)
+    wait_state(engine, site, pjid, {"running"})
+    project = live.project(pjid)
+    wait_until(lambda: processes_in(project, "relion_"), "RELION running")
+    (child,) = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                if _cmdline(pid)[1:4] == ["-m", "relion_zo.child", str(pjid)]]
+    os.kill(child, signal.SIGKILL)
+    state = wait_state(engine, site, pjid, {"failure", "success", "stopped"}, limit=60)
+    assert state.state == "failure"
+    assert state.message == "the wrapper process ended (signal 9) without a final status"
+    wait_until(lambda: processes_in(project) == [], "the worker ending the orphaned RELION",
+               limit=30)
+    assert not (project / "RUNNING_RELION_IT").exists()
+    wait_until(services.idle, "the run acknowledged")
+    assert services.alive()
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().decode(errors="replace").split("\0")
+    except OSError:
+        return []

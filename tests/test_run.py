@@ -367,3 +367,29 @@ def test_stopping_a_queued_job_keeps_it_from_running(engine, site, live):
     assert outcome.state == "skipped"
     assert job_status(engine, site, pjid).state == "stopped"
     assert not live.project(pjid).exists()
+
+
+def test_reprocess_and_restart_refuse_bad_input_and_write_nothing(engine, site, live, tmp_path,
+                                                                  capsys):
+    from relion_zo.cli.main import main as cli
+
+    pjid = live.start()
+    assert run_job(pjid, engine=engine, config=site).state == "success"
+    site_file = write_site_file(site, tmp_path / "site.yaml")
+    with Session(engine) as db:
+        before = row_counts(db)
+    for args, error in (
+        (["reprocess", str(pjid), "--set", "voltage=lots"], "parameter voltage"),
+        (["reprocess", str(pjid), "--set", "no_such_option=1"], "no_such_option"),
+        (["reprocess", str(pjid), "--set", "angpix=1", "--set", "angpix=2"], "angpix"),
+        (["reprocess", "999999999"], "unknown processing job 999999999"),
+        (["restart", "--dcid", "999999999"], "unknown data collection 999999999"),
+        (["stop", "999999999"], "unknown processing job 999999999"),
+    ):
+        assert cli([*args[:1], "--config", str(site_file), "--no-send", *args[1:]]
+                   if args[0] == "reprocess" else
+                   [*args[:1], "--config", str(site_file), *args[1:]]) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and error in err, (args, err)
+    with Session(engine) as db:
+        assert row_counts(db) == before

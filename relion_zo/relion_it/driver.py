@@ -115,6 +115,41 @@ def kill_group(pgid: int, grace: float = 1.0) -> None:
             time.sleep(0.05)
 
 
+def processes_in(folder: Path, name: str = "") -> list[int]:
+    """Live processes whose working directory is ``folder`` (RELION's run in the project),
+    and whose name starts with ``name``."""
+    target = str(Path(folder).resolve())
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry.name}/cwd") != target:
+                    continue
+                with open(f"/proc/{entry.name}/comm") as handle:
+                    if handle.read().startswith(name):
+                        found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def end_relion_in(project: Path) -> int:
+    """End what a run that died left behind in ``project``: the process groups of every process
+    working there, and the RUNNING files. Returns how many process groups were ended."""
+    groups = set()
+    for pid in processes_in(project):
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            continue
+    groups.discard(os.getpgrp())  # never this process's own group
+    for pgid in groups:
+        kill_group(pgid)
+    (project / pl.RUNNING_RELION_IT).unlink(missing_ok=True)
+    remove_running_pipeliner_files(project)
+    return len(groups)
+
+
 def remove_running_pipeliner_files(project: Path) -> None:
     for path in project.glob(pl.RUNNING_PIPELINER + "*"):
         path.unlink(missing_ok=True)
