@@ -393,3 +393,14 @@ def test_reprocess_and_restart_refuse_bad_input_and_write_nothing(engine, site, 
         assert err.startswith("error: ") and error in err, (args, err)
     with Session(engine) as db:
         assert row_counts(db) == before
+
+
+def test_stop_by_data_collection_marks_its_active_job(engine, site, live, tmp_path, capsys):
+    pjid = live.start()
+    dcid = job_status(engine, site, pjid).data_collection_id
+    site_file = write_site_file(site, tmp_path / "site.yaml")
+    assert stop_cli.main(["--local", "--config", str(site_file), "--dcid", str(dcid)]) == 0
+    assert f"processing job {pjid} will not start" in capsys.readouterr().out
+    assert job_status(engine, site, pjid).state == "stopped"
+    assert stop_cli.main(["--local", "--config", str(site_file), "--dcid", str(dcid)]) == 1
+    assert f"data collection {dcid} has no active job" in capsys.readouterr().out
