@@ -17,12 +17,10 @@ Visits are deleted afterwards.
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import yaml
@@ -30,30 +28,14 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_store import PARAMS, cleanup  # noqa: E402
+from bench_store import cleanup, throwaway_job  # noqa: E402
 
-from relion_zo import broker, control, jobs, stack, synthetic  # noqa: E402
+from relion_zo import broker, control, stack  # noqa: E402
 from relion_zo.config import SiteConfig  # noqa: E402
 from relion_zo.db import make_engine  # noqa: E402
-from relion_zo.demo import seed_visit  # noqa: E402
 from relion_zo.relion_it.driver import processes_in  # noqa: E402
 from relion_zo.services import LocalServices  # noqa: E402
-
-FINAL = {"success", "stopped", "failure"}
-
-
-def new_job(engine, site, data: Path, sessions: list, movies: int = 4) -> tuple[int, Path]:
-    visit = f"zb{uuid.uuid4().int % 10**8:08d}-1"
-    with Session(engine) as db:
-        sessions.append(seed_visit(db, visit, start=datetime.datetime(2026, 1, 1)))
-    visit_dir = data / "2026" / visit
-    synthetic.write_movies(visit_dir / "raw", movies, size=512, frames=8)
-    with Session(engine) as db:
-        pjid = jobs.start_job(db, site, PARAMS, visit=visit,
-                              image_directory=str(visit_dir / "raw"),
-                              file_template="*.mrc").processing_job_id
-    return pjid, visit_dir / "processed" / f"relion_{pjid}"
-
+from relion_zo.status import FINAL_STATES  # noqa: E402
 
 def watch(engine, site, pjids, limit=300.0) -> dict[int, dict[str, float]]:
     """First time (monotonic) each job was seen in each state, until all are final."""
@@ -65,14 +47,14 @@ def watch(engine, site, pjids, limit=300.0) -> dict[int, dict[str, float]]:
                 state = control.job_state(db, site, pjid).state
                 seen[pjid].setdefault(state, time.monotonic())
             db.rollback()
-            if all(FINAL & set(s) for s in seen.values()):
+            if all(FINAL_STATES & set(s) for s in seen.values()):
                 return seen
             time.sleep(0.02)
     raise RuntimeError(f"jobs not final after {limit} s: {seen}")
 
 
 def final_time(states: dict[str, float]) -> float:
-    return min(t for s, t in states.items() if s in FINAL)
+    return min(t for s, t in states.items() if s in FINAL_STATES)
 
 
 def main() -> int:
@@ -98,7 +80,7 @@ def main() -> int:
                 services.worker()
                 rows = []
                 for _ in range(args.runs):
-                    pjid, _ = new_job(engine, site, data, sessions)
+                    pjid, _ = throwaway_job(engine, site, data, sessions)
                     sent = time.monotonic()
                     broker.send(zocalo, [broker.recipe_message("relion", pjid)])
                     seen = watch(engine, site, [pjid])[pjid]
@@ -114,7 +96,7 @@ def main() -> int:
                 for workers in (1, 2):
                     if workers == 2:
                         services.worker()
-                    pjids = [new_job(engine, site, data, sessions)[0] for _ in range(args.jobs)]
+                    pjids = [throwaway_job(engine, site, data, sessions)[0] for _ in range(args.jobs)]
                     sent = time.monotonic()
                     broker.send(zocalo, [broker.recipe_message("relion", p) for p in pjids])
                     seen = watch(engine, site, pjids)
@@ -131,7 +113,7 @@ def main() -> int:
                 services.dispatcher()
                 services.worker()
                 for _ in range(args.runs):
-                    pjid, project = new_job(engine, long_site, data, sessions, movies=12)
+                    pjid, project = throwaway_job(engine, long_site, data, sessions, movies=12)
                     broker.send(zocalo, [broker.recipe_message("relion", pjid)])
                     while not processes_in(project, "relion_run_mot"):
                         time.sleep(0.005)

@@ -18,7 +18,6 @@ removed (what ``relion-zo stop`` does) and the time until ``run_job`` has return
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import resource
 import statistics
@@ -27,19 +26,16 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import yaml
-from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_store import PARAMS, cleanup  # noqa: E402
+from bench_store import cleanup, throwaway_job  # noqa: E402
 
-from relion_zo import jobs, stack, synthetic  # noqa: E402
+from relion_zo import stack  # noqa: E402
 from relion_zo.config import SiteConfig, load_config  # noqa: E402
 from relion_zo.db import make_engine  # noqa: E402
-from relion_zo.demo import seed_visit  # noqa: E402
 from relion_zo.relion_it.driver import processes_in  # noqa: E402
 
 
@@ -86,20 +82,11 @@ def main() -> int:
         config_path.write_text(yaml.safe_dump(site.model_dump(mode="json")))
         if args.stops:
             return measure_stops(engine, site, data, args.stops)
-        for run in range(args.runs):
-            visit = f"zb{uuid.uuid4().int % 10**8:08d}-1"
-            with Session(engine) as db:
-                session_id = seed_visit(db, visit, start=datetime.datetime(2026, 1, 1))
-            try:
-                visit_dir = data / "2026" / visit
-                synthetic.write_movies(visit_dir / "raw", 4, size=512, frames=8)
-                synthetic.write_gain(visit_dir / "processing" / "gain.mrc", size=512)
-                with Session(engine) as db:
-                    pjid = jobs.start_job(
-                        db, site, {**PARAMS, "motioncor_gainreference": "gain.mrc",
-                                   "motioncor_patches_x": "1", "motioncor_patches_y": "1"},
-                        visit=visit, image_directory=str(visit_dir / "raw"),
-                        file_template="*.mrc").processing_job_id
+        sessions: list[int] = []
+        try:
+            for run in range(args.runs):
+                pjid, _ = throwaway_job(engine, site, data, sessions, gain=True,
+                                        motioncor_patches_x="1", motioncor_patches_y="1")
                 started = time.monotonic()
                 out = subprocess.run(
                     [sys.executable, __file__, "--one", str(config_path), str(pjid)],
@@ -115,7 +102,8 @@ def main() -> int:
                       f"RELION {figures['relion_seconds']:.2f} s, "
                       f"overhead {figures['overhead']:.2f} s, peak RSS "
                       f"{figures['peak_rss_mb']:.0f} MB ({figures['message']})", flush=True)
-            finally:
+        finally:
+            for session_id in sessions:
                 cleanup(engine, session_id)
     engine.dispose()
 
@@ -133,18 +121,10 @@ def measure_stops(engine, site, data: Path, count: int) -> int:
 
     site = site.model_copy(update={"idle_seconds": 3600})
     times = []
-    for n in range(count):
-        visit = f"zb{uuid.uuid4().int % 10**8:08d}-1"
-        with Session(engine) as db:
-            session_id = seed_visit(db, visit, start=datetime.datetime(2026, 1, 1))
-        try:
-            visit_dir = data / "2026" / visit
-            synthetic.write_movies(visit_dir / "raw", 12, size=512, frames=8)
-            with Session(engine) as db:
-                pjid = jobs.start_job(db, site, PARAMS, visit=visit,
-                                      image_directory=str(visit_dir / "raw"),
-                                      file_template="*.mrc").processing_job_id
-            project = visit_dir / "processed" / f"relion_{pjid}"
+    sessions: list[int] = []
+    try:
+        for n in range(count):
+            pjid, project = throwaway_job(engine, site, data, sessions, movies=12)
             outcome = []
             thread = threading.Thread(target=lambda: outcome.append(
                 run_job(pjid, engine=engine, config=site)))
@@ -158,7 +138,8 @@ def measure_stops(engine, site, data: Path, count: int) -> int:
             assert outcome[0].state == "stopped" and not processes_in(project), outcome
             times.append(elapsed)
             print(f"stop {n + 1}: {elapsed:.3f} s ({outcome[0].message})", flush=True)
-        finally:
+    finally:
+        for session_id in sessions:
             cleanup(engine, session_id)
     print(f"stop to final status, median of {len(times)}: {statistics.median(times):.3f} s, "
           f"max {max(times):.3f} s")

@@ -32,6 +32,26 @@ def cleanup(engine, session_id):
         remove_visit(db, session_id)
 
 
+def throwaway_job(engine, site, data: Path, sessions: list[int], *, movies: int = 4,
+                  gain: bool = False, **params) -> tuple[int, Path]:
+    """A new visit (its session id appended to ``sessions`` for ``cleanup``) with ``movies``
+    demo-sized movies (512x512, 8 frames), and a Start for them. Returns the job id and the
+    project folder its run will use."""
+    visit = f"zb{uuid.uuid4().int % 10**8:08d}-1"
+    with Session(engine) as db:
+        sessions.append(seed_visit(db, visit, start=dt.datetime(2026, 1, 1)))
+    visit_dir = data / "2026" / visit
+    synthetic.write_movies(visit_dir / "raw", movies, size=512, frames=8)
+    if gain:
+        synthetic.write_gain(visit_dir / "processing" / "gain.mrc", size=512)
+        params["motioncor_gainreference"] = "gain.mrc"
+    with Session(engine) as db:
+        pjid = jobs.start_job(db, site, {**PARAMS, **params}, visit=visit,
+                              image_directory=str(visit_dir / "raw"),
+                              file_template="*.mrc").processing_job_id
+    return pjid, visit_dir / "processed" / f"relion_{pjid}"
+
+
 def ms(values):
     values = sorted(values)
     return (f"median {statistics.median(values) * 1000:.2f} ms, "

@@ -16,6 +16,7 @@ Nothing here connects at import time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -79,15 +80,24 @@ def connection_parameters(zocalo_config: Path) -> pika.ConnectionParameters:
     )
 
 
-def declare(zocalo_config: Path) -> None:
-    """Create relion_zo's queues, their dead-letter queues and zocalo's exchanges.
-    Idempotent; a queue that exists with other arguments is an error naming it."""
+@contextlib.contextmanager
+def _channel(zocalo_config: Path):
+    """A channel on a short-lived connection of its own (administration, not messaging)."""
     try:
         connection = pika.BlockingConnection(connection_parameters(zocalo_config))
     except pika.exceptions.AMQPError as exc:
         raise BrokerError(f"cannot connect to RabbitMQ: {exc!r}") from None
     try:
-        channel = connection.channel()
+        yield connection.channel()
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def declare(zocalo_config: Path) -> None:
+    """Create relion_zo's queues, their dead-letter queues and zocalo's exchanges.
+    Idempotent; a queue that exists with other arguments is an error naming it."""
+    with _channel(zocalo_config) as channel:
         for exchange in EXCHANGES:
             channel.exchange_declare(exchange, exchange_type="fanout", durable=True)
         for queue in QUEUES:
@@ -102,54 +112,37 @@ def declare(zocalo_config: Path) -> None:
                         f"queue {name} exists with other settings than relion_zo's "
                         f"({exc.reply_text}); delete it or align it"
                     ) from None
-    finally:
-        if connection.is_open:
-            connection.close()
 
 
 def queue_depths(zocalo_config: Path, queues=None) -> dict[str, int]:
     """Messages ready in each queue (passive declare; for tests and ``status``)."""
-    connection = pika.BlockingConnection(connection_parameters(zocalo_config))
-    try:
-        channel = connection.channel()
-        names = queues or [q for base in QUEUES for q in (base, dead_letter_queue(base))]
+    names = queues or [q for base in QUEUES for q in (base, dead_letter_queue(base))]
+    with _channel(zocalo_config) as channel:
         return {
             name: channel.queue_declare(name, passive=True).method.message_count
             for name in names
         }
-    finally:
-        connection.close()
 
 
 def consumers(zocalo_config: Path, queue: str) -> int:
-    connection = pika.BlockingConnection(connection_parameters(zocalo_config))
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.consumer_count
-    finally:
-        connection.close()
+    with _channel(zocalo_config) as channel:
+        return channel.queue_declare(queue, passive=True).method.consumer_count
 
 
 def publish_raw(zocalo_config: Path, queue: str, body: bytes) -> None:
     """One persistent message, exactly as given (tests and operators' repairs)."""
-    connection = pika.BlockingConnection(connection_parameters(zocalo_config))
-    try:
-        connection.channel().basic_publish(
+    with _channel(zocalo_config) as channel:
+        channel.basic_publish(
             "", queue, body,
             # workflows' PikaTransport (3.3) fails on a message without a headers table
             pika.BasicProperties(delivery_mode=2, content_type="application/json", headers={}),
         )
-    finally:
-        connection.close()
 
 
 def purge(zocalo_config: Path, queues) -> None:
-    connection = pika.BlockingConnection(connection_parameters(zocalo_config))
-    try:
-        channel = connection.channel()
+    with _channel(zocalo_config) as channel:
         for name in queues:
             channel.queue_purge(name)
-    finally:
-        connection.close()
 
 
 def recipe_message(recipe: str, processing_job_id: int, **parameters) -> dict:

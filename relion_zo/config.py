@@ -68,22 +68,20 @@ class SiteConfig(BaseModel):
 
     def credentials_path(self) -> Path:
         """The ISPyB credentials INI: the configured path, else ``ISPYB_CREDENTIALS``."""
-        path = self.ispyb_credentials or os.environ.get("ISPYB_CREDENTIALS")
-        if not path:
-            raise ConfigError(
-                "no ISPyB credentials: set ispyb_credentials in the site file or ISPYB_CREDENTIALS"
-            )
-        return Path(path)
-
+        return _configured_or_env(self.ispyb_credentials, "ISPYB_CREDENTIALS",
+                                  "ISPyB credentials", "ispyb_credentials")
 
     def zocalo_path(self) -> Path:
         """The zocalo configuration: the configured path, else ``ZOCALO_CONFIG``."""
-        path = self.zocalo_config or os.environ.get("ZOCALO_CONFIG")
-        if not path:
-            raise ConfigError(
-                "no zocalo configuration: set zocalo_config in the site file or ZOCALO_CONFIG"
-            )
-        return Path(path)
+        return _configured_or_env(self.zocalo_config, "ZOCALO_CONFIG",
+                                  "zocalo configuration", "zocalo_config")
+
+
+def _configured_or_env(value: Path | None, env_var: str, what: str, key: str) -> Path:
+    path = value or os.environ.get(env_var)
+    if not path:
+        raise ConfigError(f"no {what}: set {key} in the site file or {env_var}")
+    return Path(path)
 
 
 def _resolve(value: Any, base: Path) -> Any:

@@ -88,6 +88,19 @@ def stop_job(db: Session, config: SiteConfig, pjid: int) -> StopResult:
     return StopResult(pjid, "pending", f"processing job {pjid} changed state while stopping")
 
 
+def close_lost(db: Session, config: SiteConfig, job: status.JobStatus, by: str) -> bool:
+    """Record a failure for a lost job (see ``programs.finish_lost``); ``by`` says who."""
+    text = f"lost: no heartbeat since {job.heartbeat:%Y-%m-%d %H:%M:%S} ({by})"
+    return programs.finish_lost(db, job.auto_proc_program_id, config.stale_seconds, text)
+
+
+def reap(db: Session, config: SiteConfig, session_id: int | None = None) -> list[int]:
+    """Close every lost job (of one visit, or all); returns their ids."""
+    lost = status.lost_jobs(db, stale_seconds=config.stale_seconds, session_id=session_id)
+    db.rollback()
+    return [job.processing_job_id for job in lost if close_lost(db, config, job, "reaped")]
+
+
 def active_job_of(db: Session, config: SiteConfig, dcid: int) -> status.JobStatus | None:
     jobs.data_collection_exists(db, dcid)
     active = status.active_jobs(db, dcid, stale_seconds=config.stale_seconds)

@@ -31,6 +31,18 @@ def parse_job_id(value) -> int:
     return number
 
 
+def step_job_id(recipe_step: dict | None, message=None) -> int:
+    """The processing job a recipe step (or a plain message) is about: ``ispyb_process`` from
+    the step's ``parameters`` or ``job_parameters``, else from the message itself."""
+    for key in ("parameters", "job_parameters"):
+        value = ((recipe_step or {}).get(key) or {}).get("ispyb_process")
+        if value is not None:
+            return parse_job_id(value)
+    if isinstance(message, dict) and "ispyb_process" in message:
+        return parse_job_id(message["ispyb_process"])
+    raise ValueError("the message names no ispyb_process")
+
+
 @functools.lru_cache(maxsize=1)
 def _engine(config_path: str | None):
     from relion_zo.config import load_config

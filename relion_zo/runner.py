@@ -37,6 +37,20 @@ log = logging.getLogger(__name__)
 RUN_LOG = "relion_zo_run.log"
 
 
+class StopRequest(threading.Event):
+    """A stop flag with why it was set; ``as_failure`` when the cause is not a user's stop
+    (the worker that started the run died)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: str | None = None
+        self.as_failure = False
+
+    def request(self, reason: str, *, as_failure: bool = False) -> None:
+        self.reason, self.as_failure = reason, as_failure
+        self.set()
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     processing_job_id: int
@@ -117,7 +131,7 @@ def run_job(
     *,
     engine: Engine,
     config: SiteConfig,
-    stop: threading.Event | None = None,
+    stop: StopRequest | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     command_line: str | None = None,
     program_id: int | None = None,
@@ -127,7 +141,7 @@ def run_job(
     ``program_id``: a program the caller has already claimed for this job (the worker claims
     before it starts a wrapper process); without it, the run claims one itself.
     """
-    stop = stop or threading.Event()
+    stop = stop or StopRequest()
     note = _RunLog(processing_job_id)
     with Session(engine, expire_on_commit=False) as db:
         try:
@@ -161,7 +175,7 @@ def run_job(
             def on_tick(progress: Progress) -> None:
                 if on_progress:
                     on_progress(progress)
-                now = _monotonic()
+                now = time.monotonic()
                 if now - last_beat[0] >= config.heartbeat_seconds:
                     last_beat[0] = now
                     try:
@@ -188,10 +202,6 @@ def run_job(
             raise
 
 
-def _monotonic() -> float:
-    return time.monotonic()
-
-
 def _attach_results(db: Session, program: int, folder: Path) -> None:
     for name, kind, rank in ((pl.PIPELINE_STAR, "Result", 2), (RUN_LOG, "Log", 3)):
         if (folder / name).exists():
@@ -200,21 +210,20 @@ def _attach_results(db: Session, program: int, folder: Path) -> None:
 
 def _finish(
     db: Session, program: int, pjid: int, result: DriverResult, folder: Path,
-    stop: threading.Event,
+    stop: StopRequest,
 ) -> RunOutcome:
     summary = result.progress.text()
     if result.outcome == "finished":
         programs.finish(db, program, success=True, message=summary)
         state, message = "success", summary
-    elif result.outcome == "stopped" and getattr(stop, "as_failure", False):
+    elif result.outcome == "stopped" and stop.as_failure:
         # Not a user's stop: e.g. the worker that started this run died.
         message = f"{stop.reason}; {summary}"
         programs.finish(db, program, success=False, message=message)
         programs.add_message(db, program, "ERROR", message, description=stop.reason)
         state = "failure"
     elif result.outcome == "stopped":
-        how = getattr(stop, "reason", None) or (
-            "interrupted" if stop.is_set() else "RUNNING_RELION_IT removed")
+        how = stop.reason or ("interrupted" if stop.is_set() else "RUNNING_RELION_IT removed")
         message = f"{how}; {summary}"
         programs.finish_stopped(db, program, message)
         state, message = "stopped", f"Stopped by user: {message}"
@@ -238,17 +247,14 @@ def run_job_until_signalled(
     """
     import signal
 
-    stop = kwargs.pop("stop", None) or threading.Event()
-    received: list[str] = []
+    stop = kwargs.pop("stop", None) or StopRequest()
 
     def handler(signum, frame):
-        received.append(signal.Signals(signum).name)
         if parent_pid is not None and os.getppid() != parent_pid:
-            stop.reason = f"the worker (pid {parent_pid}) that ran this job died"
-            stop.as_failure = True
+            stop.request(f"the worker (pid {parent_pid}) that ran this job died",
+                         as_failure=True)
         else:
-            stop.reason = f"{received[-1]} received"
-        stop.set()
+            stop.request(f"{signal.Signals(signum).name} received")
 
     previous = {}
     if threading.current_thread() is threading.main_thread():

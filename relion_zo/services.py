@@ -29,6 +29,11 @@ class LocalServices:
         self.log_folder = Path(log_folder)
         self.procs: list[tuple[str, subprocess.Popen, Path]] = []
 
+    def env(self) -> dict[str, str]:
+        """The environment zocalo's commands need to find this site and broker."""
+        return dict(os.environ, ZOCALO_CONFIG=str(self.zocalo),
+                    RELION_ZO_CONFIG=str(self.site_file.resolve()))
+
     def start(
         self, command: str, queue: str, timeout: float = 60, ready_text: str | None = None
     ) -> subprocess.Popen:
@@ -37,13 +42,11 @@ class LocalServices:
         self.log_folder.mkdir(parents=True, exist_ok=True)
         before = broker.consumers(self.zocalo, queue)
         log = self.log_folder / f"{command}-{len(self.procs) + 1}.log"
-        env = dict(os.environ, ZOCALO_CONFIG=str(self.zocalo),
-                   RELION_ZO_CONFIG=str(self.site_file.resolve()))
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 [shutil.which("relion-zo") or "relion-zo", command, "--config",
                  str(self.site_file)],
-                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=self.env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self.procs.append((command, proc, log))

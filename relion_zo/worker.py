@@ -32,11 +32,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
+import workflows.recipe
 from sqlalchemy.orm import Session
+from workflows.services.common_service import CommonService
 
 from relion_zo import control, programs, status
-from relion_zo.config import SiteConfig
-from relion_zo.dispatch import parse_job_id
+from relion_zo.broker import RUN_QUEUE, STOP_QUEUE
+from relion_zo.config import SiteConfig, load_config
+from relion_zo.db import make_engine
+from relion_zo.dispatch import step_job_id
 from relion_zo.errors import NotFoundError, RelionZoError
 from relion_zo.relion_it.driver import end_relion_in
 from relion_zo.runner import environment_text
@@ -84,8 +88,8 @@ class Supervisor:
         self.held: list[Held] = []
 
     # ---------------------------------------------------------------- deliveries
-    def on_run(self, token: Any, value: Any) -> None:
-        pjid = self._job_id(token, value, "run")
+    def on_run(self, token: Any, step: dict | None, message: Any = None) -> None:
+        pjid = self._job_id(token, step, message, "run")
         if pjid is None:
             return
         with Session(self.engine) as db:
@@ -108,16 +112,16 @@ class Supervisor:
             self.held.append(Held(token, "watch", pjid, state.auto_proc_program_id))
         self.poll()
 
-    def on_stop(self, token: Any, value: Any) -> None:
-        pjid = self._job_id(token, value, "stop")
+    def on_stop(self, token: Any, step: dict | None, message: Any = None) -> None:
+        pjid = self._job_id(token, step, message, "stop")
         if pjid is None:
             return
         self.held.append(Held(token, "stop", pjid))
         self.poll()
 
-    def _job_id(self, token: Any, value: Any, what: str) -> int | None:
+    def _job_id(self, token: Any, step, message, what: str) -> int | None:
         try:
-            return parse_job_id(value)
+            return step_job_id(step, message)
         except ValueError as exc:
             self._refuse(token, f"{what} message rejected: {exc}")
             return None
@@ -171,10 +175,7 @@ class Supervisor:
             if state.state in status.FINAL_STATES:
                 return True
             if state.state == "lost":
-                text = (f"lost: no heartbeat since {state.heartbeat:%Y-%m-%d %H:%M:%S} "
-                        f"(finalised by a worker)")
-                programs.finish_lost(db, state.auto_proc_program_id,
-                                     self.config.stale_seconds, text)
+                control.close_lost(db, self.config, state, "finalised by a worker")
                 return False  # settled on the next poll, once the status reads final
             if state.state == "queued" and time.monotonic() - held.since > self.config.stale_seconds:
                 programs.finish(db, state.auto_proc_program_id, success=False,
@@ -190,28 +191,8 @@ class Supervisor:
             return True
         return result.settled
 
-    def running(self) -> int:
-        return sum(1 for h in self.held if h.kind == "run")
-
 
 # ---------------------------------------------------------------------------- the service
-
-try:  # the service class only exists where workflows is installed (always, in practice)
-    from workflows.services.common_service import CommonService
-except ImportError:  # pragma: no cover
-    CommonService = object
-
-
-def _job_value(rw, message) -> Any:
-    if rw is not None:
-        for key in ("parameters", "job_parameters"):
-            value = (rw.recipe_step.get(key) or {}).get("ispyb_process")
-            if value is not None:
-                return value
-    if isinstance(message, dict):
-        return message.get("ispyb_process")
-    return message
-
 
 class RelionWorker(CommonService):
     """relion_zo's worker as a ``workflows`` service (``zocalo.service -s RelionWorker``)."""
@@ -220,19 +201,12 @@ class RelionWorker(CommonService):
     _logger_name = "relion_zo.worker"
 
     def initializing(self):
-        import workflows.recipe
-
-        from relion_zo.config import load_config
-        from relion_zo.db import make_engine
-
         config = load_config()
         self.supervisor = Supervisor(
             make_engine(config.credentials_path()), config,
             ack=lambda header: self._transport.ack(header),
             reject=lambda header: self._transport.nack(header, requeue=False),
         )
-        from relion_zo.broker import RUN_QUEUE, STOP_QUEUE
-
         workflows.recipe.wrap_subscribe(
             self._transport, RUN_QUEUE, self.on_run, acknowledgement=True,
             allow_non_recipe_messages=True, prefetch_count=config.worker_jobs,
@@ -245,7 +219,11 @@ class RelionWorker(CommonService):
         log.info("worker %s ready: up to %d jobs at once", os.getpid(), config.worker_jobs)
 
     def on_run(self, rw, header, message):
-        self.supervisor.on_run(header, _job_value(rw, message))
+        self.supervisor.on_run(header, _step(rw), message)
 
     def on_stop(self, rw, header, message):
-        self.supervisor.on_stop(header, _job_value(rw, message))
+        self.supervisor.on_stop(header, _step(rw), message)
+
+
+def _step(rw) -> dict | None:
+    return rw.recipe_step if rw is not None else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from pathlib import Path
 
 from relion_zo import broker, stack
@@ -17,10 +16,6 @@ class Services(LocalServices):
         super().__init__(site_file, stack_settings.zocalo_config_path, folder)
         self.stack_settings = stack_settings
         self.log_files: list[Path] = []
-
-    def env(self) -> dict:
-        return dict(os.environ, ZOCALO_CONFIG=str(self.zocalo),
-                    RELION_ZO_CONFIG=str(self.site_file))
 
     def start(self, command, queue, timeout=60, ready_text=None):
         proc = super().start(command, queue, timeout, ready_text)

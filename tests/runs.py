@@ -17,7 +17,7 @@ from relion_zo import jobs, status, synthetic
 from relion_zo.config import SiteConfig
 from relion_zo.demo import remove_visit, seed_visit
 from relion_zo.relion_it.driver import processes_in  # noqa: F401 - tests import it from here
-from relion_zo.runner import RunOutcome, run_job
+from relion_zo.runner import RunOutcome, StopRequest, run_job
 
 MOVIE = {"size": 128, "frames": 4}
 
@@ -110,7 +110,7 @@ class Background:
     """``run_job`` in a thread, so a test can act while RELION runs."""
 
     def __init__(self, pjid: int, **kwargs):
-        self.stop = threading.Event()
+        self.stop = StopRequest()
         self.outcome: RunOutcome | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(pjid,), kwargs=kwargs, daemon=True)

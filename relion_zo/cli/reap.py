@@ -11,20 +11,10 @@ from __future__ import annotations
 
 import argparse
 
-from relion_zo import programs, status
+from relion_zo import control
 from relion_zo.cli.common import add_config_option, guarded, open_site
 from relion_zo.db import session_scope
 from relion_zo.visits import find_visit
-
-
-def reap(db, config, session_id: int | None = None) -> list[int]:
-    reaped = []
-    for job in status.lost_jobs(db, stale_seconds=config.stale_seconds, session_id=session_id):
-        db.rollback()
-        text = f"lost: no heartbeat since {job.heartbeat:%Y-%m-%d %H:%M:%S} (reaped)"
-        if programs.finish_lost(db, job.auto_proc_program_id, config.stale_seconds, text):
-            reaped.append(job.processing_job_id)
-    return reaped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with session_scope(engine) as db:
                 session_id = find_visit(db, args.visit).session_id if args.visit else None
-                reaped = reap(db, config, session_id)
+                reaped = control.reap(db, config, session_id)
         finally:
             engine.dispose()
         for pjid in reaped:

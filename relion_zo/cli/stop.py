@@ -15,6 +15,7 @@ from relion_zo import broker, control
 from relion_zo.cli.common import add_config_option, guarded, open_site
 from relion_zo.db import session_scope
 from relion_zo.errors import InputError
+from relion_zo.status import FINAL_STATES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,16 +46,15 @@ def main(argv: list[str] | None = None) -> int:
                     pjid = active.processing_job_id
                 else:
                     pjid = args.job
-                state = control.job_state(db, config, pjid)
-                db.rollback()
                 if args.local:
                     result = control.stop_job(db, config, pjid)
                     print(result.message)
                     stopped = result.action != "final"
-                elif state.state in ("success", "stopped", "failure"):
+                elif (state := control.job_state(db, config, pjid)).state in FINAL_STATES:
                     print(f"processing job {pjid} is already {state.state}")
                     stopped = False
                 else:
+                    db.rollback()
                     broker.send(config.zocalo_path(),
                                 [broker.recipe_message(broker.STOP_RECIPE, pjid)])
                     print(f"processing job {pjid}: stop sent")

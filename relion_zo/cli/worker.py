@@ -28,16 +28,14 @@ def _exec_service(prog: str, service: str, argv: list[str] | None) -> int:
 
     def body() -> int:
         config = load_config(args.config)
-        if config.zocalo_config is None and not os.environ.get("ZOCALO_CONFIG"):
-            raise InputError("no zocalo configuration: set zocalo_config in the site file")
+        zocalo = config.zocalo_path()
         command = shutil.which("zocalo.service")
         if command is None:
             raise InputError("zocalo.service is not installed (pip install zocalo)")
         env = dict(os.environ)
         if args.config:
             env["RELION_ZO_CONFIG"] = os.path.abspath(args.config)
-        if config.zocalo_config is not None:
-            env["ZOCALO_CONFIG"] = str(config.zocalo_config)
+        env["ZOCALO_CONFIG"] = str(zocalo)
         argv_out = [command, "-s", service] + (["-v"] if args.verbose else [])
         os.execve(command, argv_out, env)
         return 0  # not reached

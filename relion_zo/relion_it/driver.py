@@ -313,10 +313,7 @@ class _Run:
                     last_seen, since_new = seen, time.monotonic()
                 self.note(f"pass {self.progress.passes}: {self.progress.text()}")
                 if self.all_processed():
-                    if time.monotonic() - since_new >= self.s.idle_seconds:
-                        return self.result("finished", f"no new movies for "
-                                           f"{self.s.idle_seconds:.0f} s")
-                    self.wait_between_passes(since_new)
+                    self.wait_between_passes(since_new)  # returns at once when already idle
                     self.refresh_counts()
                     if (self.progress.movies_on_disk == last_seen and self.all_processed()
                             and time.monotonic() - since_new >= self.s.idle_seconds):
