@@ -8,10 +8,12 @@ disk. Errors name the key.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from relion_zo.errors import InputError
+from relion_zo.paths import unsafe_reason
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -113,10 +115,21 @@ class RelionItParameters(BaseModel):
     def _relative_glob(cls, value: str | None) -> str | None:
         if value is None:
             return value
+        reason = unsafe_reason(value, glob=True)
+        if reason:
+            raise ValueError(reason)
         if ".." in value.split("/"):
             raise ValueError("must not contain '..' (it must stay inside the raw folder)")
         if not value.lower().endswith(MOVIE_SUFFIXES):
             raise ValueError(f"must end in a movie suffix ({', '.join(MOVIE_SUFFIXES)})")
+        return value
+
+    @field_validator("motioncor_gainreference", "motioncor_defectfile")
+    @classmethod
+    def _shell_safe_path(cls, value: str) -> str:
+        reason = unsafe_reason(value) if value else None
+        if reason:
+            raise ValueError(reason)
         return value
 
     @model_validator(mode="after")
@@ -137,6 +150,27 @@ class RelionItParameters(BaseModel):
 
 FIELDS = RelionItParameters.model_fields
 REQUIRED = tuple(name for name, field in FIELDS.items() if field.is_required())
+
+
+FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+INT_TEXT = re.compile(r"^[+-]?\d+(\.0*)?$")  # "300" or "300.0", as the web UIs' drivers write
+
+
+def _number_text(key: str, text: str) -> str:
+    """Refuse what Python would read but a person did not mean (``1_0``, ``nan``, `` inf``)."""
+    kind = FIELDS[key].annotation
+    if kind not in (int, float):
+        return text
+    value = text.strip()
+    if value.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        raise ParameterError(key, f"must be a finite number (got {text!r})")
+    if kind is float and not FLOAT_TEXT.match(value):
+        raise ParameterError(key, f"is not a number (got {text!r})")
+    if kind is int:
+        if not INT_TEXT.match(value):
+            raise ParameterError(key, f"is not a whole number (got {text!r})")
+        value = value.split(".")[0]
+    return value
 
 
 def to_text(value: Any) -> str:
@@ -175,7 +209,7 @@ def parse(pairs: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> RelionItParam
         text = to_text(value)
         if len(text) > VALUE_LENGTH:
             raise ParameterError(key, f"value longer than {VALUE_LENGTH} characters")
-        raw[key] = text
+        raw[key] = _number_text(key, text)
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise ParameterError(missing[0], "is required" + (

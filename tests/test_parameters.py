@@ -39,7 +39,7 @@ def test_only_given_keys_are_stored():
     [
         ([("angpix_typo", "1")], "angpix_typo", "unknown key"),
         ([("angpix", "1.0")], "angpix", "more than once"),
-        ([("motioncor_binning", "1.5")], "motioncor_binning", "integer"),
+        ([("motioncor_binning", "1.5")], "motioncor_binning", "whole number"),
         ([("motioncor_do_own", "maybe")], "motioncor_do_own", "boolean"),
         ([("ampl_contrast", "1.5")], "ampl_contrast", "less than or equal to 1"),
         ([("import_images", "../other/*.mrc")], "import_images", ".."),
@@ -86,9 +86,11 @@ def test_key_value_arguments():
 
 
 def test_sql_looking_values_are_plain_text():
-    value = "x'; DROP TABLE ProcessingJob; --.mrc"
-    typed = p.parse(GOOD + [("import_images", value)])
-    assert typed.import_images == value
+    typed = p.parse(GOOD + [("symmetry", "C1")])
+    assert typed.symmetry == "C1"
+    # A quote cannot reach RELION's shell either, so such a glob is refused, naming the key.
+    with pytest.raises(p.ParameterError, match="import_images: contains \"'\""):
+        p.parse(GOOD + [("import_images", "x'; DROP TABLE ProcessingJob; --.mrc")])
 
 
 def test_ranges_that_depend_on_each_other():

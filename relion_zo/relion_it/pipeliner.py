@@ -12,6 +12,8 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from relion_zo.paths import open_append, open_new
+
 PIPELINE_STAR = "default_pipeline.star"
 SUBMITTED_JOBS = "RELION_IT_SUBMITTED_JOBS"
 RUNNING_RELION_IT = "RUNNING_RELION_IT"
@@ -20,6 +22,8 @@ LOCK_DIR = ".relion_lock"
 EXIT_SUCCESS = "RELION_JOB_EXIT_SUCCESS"
 EXIT_FAILURE = "RELION_JOB_EXIT_FAILURE"
 EXIT_ABORTED = "RELION_JOB_EXIT_ABORTED"
+# Never in a value RELION's own options take; a last guard before anything reaches its shell.
+FORBIDDEN_IN_VALUES = frozenset(';\n\r$`"\'\\|&<>')
 EMPTY_PIPELINE = "data_pipeline_general\n\n_rlnPipeLineJobCounter                       1\n"
 
 
@@ -31,7 +35,8 @@ def ensure_pipeline(project: Path) -> None:
     """A project needs a pipeline file before ``--addJob`` can read it (as relion_it does)."""
     star = project / PIPELINE_STAR
     if not star.exists():
-        star.write_text(EMPTY_PIPELINE)
+        with open_new(star, "pipeline file") as handle:
+            handle.write(EMPTY_PIPELINE)
 
 
 def clear_stale_lock(project: Path) -> bool:
@@ -48,8 +53,8 @@ def job_options(options: Sequence[tuple[str, object]]) -> str:
     parts = []
     for label, value in options:
         text = value_text(value)
-        if ";" in text or "\n" in text:
-            raise ValueError(f"option {label!r} has a value RELION cannot take: {text!r}")
+        if FORBIDDEN_IN_VALUES & set(text):
+            raise PipelinerError(f"option {label!r} has a value RELION cannot take: {text!r}")
         parts.append(f"{label} == {text};")
     return "".join(parts)
 
@@ -122,6 +127,22 @@ def _loop_rows(text: str, block: str) -> list[list[str]]:
     return rows
 
 
+def star_column(path: Path, block: str, label: str) -> list[str]:
+    """One column of the loop in ``data_<block>``; [] when the file or column is missing."""
+    try:
+        text = path.read_text(errors="surrogateescape")
+    except FileNotFoundError:
+        return []
+    match = re.search(rf"^data_{re.escape(block)}\s*$", text, re.M)
+    if not match:
+        return []
+    labels = re.findall(r"^\s*(_rln\w+)", text[match.end():].split("data_", 1)[0], re.M)
+    if label not in labels:
+        return []
+    index = labels.index(label)
+    return [row[index] for row in _loop_rows(text, block) if len(row) > index]
+
+
 def process_names(project: Path) -> list[str]:
     """Job names in ``default_pipeline.star``, in order."""
     star = project / PIPELINE_STAR
@@ -191,7 +212,7 @@ def read_submitted(project: Path) -> dict[str, str]:
 
 
 def record_submitted(project: Path, name: str, job: str) -> None:
-    with open(project / SUBMITTED_JOBS, "a") as handle:
+    with open_append(project / SUBMITTED_JOBS, SUBMITTED_JOBS) as handle:
         handle.write(f"{name} = {job}\n")
         handle.flush()
         os.fsync(handle.fileno())

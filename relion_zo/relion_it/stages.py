@@ -75,7 +75,8 @@ def check_capabilities(params: RelionItParameters, config: SiteConfig) -> None:
 
 
 def stages(
-    params: RelionItParameters, config: SiteConfig, import_images: str, gain: str
+    params: RelionItParameters, config: SiteConfig, import_images: str, gain: str,
+    defect: str = "",
 ) -> list[Stage]:
     """The preprocessing jobs, in order. Job names are filled in as the pipeline grows."""
     p = params
@@ -111,7 +112,7 @@ def stages(
         ("Gain-reference image:", gain),
         ("Gain rotation:", p.motioncor_gainrot),
         ("Gain flip:", p.motioncor_gainflip),
-        ("Defect file:", p.motioncor_defectfile),
+        ("Defect file:", defect),
         ("Use RELION's own implementation?", p.motioncor_do_own),
         ("Number of MPI procs:", p.motioncor_mpi),
         ("Number of threads:", p.motioncor_threads),
