@@ -15,6 +15,10 @@ class InputError(RelionZoError, ValueError):
     """A value that fails a check (paths, templates, options)."""
 
 
+class ForeignJobError(InputError):
+    """A processing job of another pipeline (its recipe is not relion_zo's): never touched."""
+
+
 class ActiveJobError(RelionZoError):
     """The data collection already has an active job."""
 

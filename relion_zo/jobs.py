@@ -29,9 +29,11 @@ from ispyb.sqlalchemy import (
 from relion_zo import parameters as params_mod
 from relion_zo import status as status_mod
 from relion_zo.config import SiteConfig
-from relion_zo.errors import ActiveJobError, InputError, NotFoundError
+from relion_zo.errors import ActiveJobError, ForeignJobError, InputError, NotFoundError
 from relion_zo.parameters import ParameterError, RelionItParameters
-from relion_zo.paths import checked_absolute, checked_relative, confine
+from relion_zo import movies as movies_mod
+from relion_zo import project as project_mod
+from relion_zo.paths import check_shell_safe, checked_absolute, checked_relative, confine
 from relion_zo.project import check_gain_reference, visit_file
 from relion_zo.relion_it.stages import check_capabilities
 from relion_zo.visits import Visit, find_visit, visit_by_session_id, visit_directory
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 TEMPLATE_LENGTH = 255  # DataCollection.fileTemplate
 DIRECTORY_LENGTH = 255  # DataCollection.imageDirectory
+DISPLAY_NAME_LENGTH = 80  # ProcessingJob.displayName
+COMMENTS_LENGTH = 255  # ProcessingJob.comments
 
 
 @dataclass(frozen=True)
@@ -69,14 +73,10 @@ def _norm_dir(path: Path) -> str:
     return str(path).rstrip("/") + "/"
 
 
-def find_movies(image_directory: Path, template: str) -> list[Path]:
-    return sorted(p for p in image_directory.glob(template) if p.is_file())
-
-
 def check_movies_folder(config: SiteConfig, visit_dir: Path, image_directory: str | Path) -> Path:
     """The raw folder: absolute, existing, inside the data roots and the visit."""
     folder = checked_absolute(image_directory, "image directory")
-    if len(_norm_dir(folder)) > DIRECTORY_LENGTH:
+    if len(_norm_dir(folder).encode("utf-8", "surrogateescape")) > DIRECTORY_LENGTH:
         raise InputError(f"image directory is longer than {DIRECTORY_LENGTH} characters")
     if not folder.is_dir():
         raise InputError(f"image directory {folder} does not exist or is not a folder")
@@ -85,9 +85,7 @@ def check_movies_folder(config: SiteConfig, visit_dir: Path, image_directory: st
     return folder
 
 
-def check_movies(config: SiteConfig, visit_dir: Path, image_directory: str | Path, template: str):
-    """Check a raw folder and file template; returns (resolved folder, number of movies)."""
-    folder = check_movies_folder(config, visit_dir, image_directory)
+def check_template(template: str) -> str:
     checked_relative(template, "file template")
     if len(template) > TEMPLATE_LENGTH:
         raise InputError(f"file template is longer than {TEMPLATE_LENGTH} characters")
@@ -96,12 +94,25 @@ def check_movies(config: SiteConfig, visit_dir: Path, image_directory: str | Pat
             f"file template {template!r} must end in a movie suffix "
             f"({', '.join(params_mod.MOVIE_SUFFIXES)})"
         )
-    movies = find_movies(folder, template)
-    if not movies:
-        raise InputError(f"file template {template!r} matches no file in {folder}")
-    for movie in movies:
-        confine(movie, [visit_dir], "movie")
-    return folder, len(movies)
+    return check_shell_safe(template, "file template", glob=True)
+
+
+def check_movies(
+    config: SiteConfig, visit_dir: Path, image_directory: str | Path, template: str,
+    import_images: str | None = None,
+) -> tuple[Path, int]:
+    """Check a raw folder, its file template and the movies that ``import_images`` (default:
+    the template) matches now; returns (folder, number of movies)."""
+    folder = check_movies_folder(config, visit_dir, image_directory)
+    check_template(template)
+    inside = project_mod.movies_glob(import_images, folder, template)
+    inside = inside.removeprefix(project_mod.MOVIES_LINK + "/")
+    names = movies_mod.matching(folder, inside)
+    if not names:
+        what = "parameter import_images" if import_images else "file template"
+        raise InputError(f"{what} {inside!r} matches no file in {folder}")
+    movies_mod.check_all(folder, names, [visit_dir])
+    return folder, len(names)
 
 
 def check_parameters_on_disk(params: RelionItParameters, visit_dir: Path) -> None:
@@ -208,6 +219,10 @@ def start_job(
     """
     typed = params_mod.parse(parameters)
     check_capabilities(typed, config)
+    if display_name is not None and len(display_name) > DISPLAY_NAME_LENGTH:
+        raise InputError(f"display name is longer than {DISPLAY_NAME_LENGTH} characters")
+    if comments is not None and len(comments) > COMMENTS_LENGTH:
+        raise InputError(f"comments are longer than {COMMENTS_LENGTH} characters")
     try:
         if data_collection_id is not None:
             if visit or image_directory or file_template:
@@ -230,7 +245,8 @@ def start_job(
             the_visit = find_visit(db, visit)
             folder_text, template = image_directory, file_template
         visit_dir = visit_directory(config, the_visit)
-        folder, movies = check_movies(config, visit_dir, folder_text, template)
+        folder, movies = check_movies(config, visit_dir, folder_text, template,
+                                      typed.import_images)
         check_parameters_on_disk(typed, visit_dir)
 
         created = False
@@ -254,12 +270,15 @@ def start_job(
         pjid = db.execute(
             insert(ProcessingJob).values(
                 dataCollectionId=data_collection_id,
-                displayName=(display_name or "RELION")[:80],
-                comments=comments[:255] if comments else None,
+                displayName=display_name or "RELION",
+                comments=comments or None,
                 recipe=status_mod.RECIPE,
                 automatic=1 if automatic else 0,
             )
         ).inserted_primary_key[0]
+        # The run will create this folder; refuse now what it would refuse then.
+        project_mod.check_new_project(
+            project_mod.project_directory(config, visit_dir, pjid))
         rows = params_mod.explicit_items(typed)
         db.execute(
             insert(ProcessingJobParameter),
@@ -290,7 +309,7 @@ def load_job(db: Session, config: SiteConfig, processing_job_id: int) -> JobSpec
     if job is None:
         raise NotFoundError(f"unknown processing job {processing_job_id}")
     if job.recipe != status_mod.RECIPE:
-        raise InputError(
+        raise ForeignJobError(
             f"processing job {processing_job_id} has recipe {job.recipe!r}, not {status_mod.RECIPE!r}"
         )
     if job.dataCollectionId is None:

@@ -26,7 +26,9 @@ from sqlalchemy.orm import Session
 
 from relion_zo import __version__, jobs, programs, project
 from relion_zo.config import SiteConfig
-from relion_zo.errors import RelionZoError
+from relion_zo.errors import ForeignJobError, RelionZoError
+from relion_zo.movies import MovieChecker
+from relion_zo.paths import open_append
 from relion_zo.relion_it import options as options_mod
 from relion_zo.relion_it import pipeliner as pl
 from relion_zo.relion_it.driver import DriverResult, DriverSettings, Progress, run_driver
@@ -69,9 +71,9 @@ class _RunLog:
         self.buffer: list[str] = []
 
     def open(self, path: Path) -> None:
-        self.path = path
-        with open(path, "a") as handle:
+        with open_append(path, "run log") as handle:
             handle.writelines(self.buffer)
+        self.path = path
         self.buffer.clear()
 
     def __call__(self, message: str) -> None:
@@ -80,7 +82,7 @@ class _RunLog:
         if self.path is None:
             self.buffer.append(line)
         else:
-            with open(self.path, "a") as handle:
+            with open_append(self.path, "run log") as handle:
                 handle.write(line)
 
 
@@ -88,15 +90,19 @@ def environment_text() -> str:
     return f"host={socket.gethostname()} pid={os.getpid()} relion_zo={__version__}"
 
 
-def prepare_project(spec: jobs.JobSpec, config: SiteConfig, note) -> tuple[Path, DriverSettings]:
-    """Everything that touches disk before RELION starts; raises RelionZoError on bad input."""
+def prepare_project(
+    spec: jobs.JobSpec, config: SiteConfig, note, *, resume: bool = False
+) -> tuple[Path, DriverSettings]:
+    """Everything that touches disk before RELION starts; raises RelionZoError on bad input.
+    ``resume``: carry on in this job's own existing project (refused for any other folder)."""
     params = spec.parameters
     check_capabilities(params, config)
     jobs.check_movies_folder(config, spec.visit_directory, spec.image_directory)
     jobs.check_parameters_on_disk(params, spec.visit_directory)
     folder = project.project_directory(config, spec.visit_directory, spec.processing_job_id)
     glob = project.movies_glob(params.import_images, spec.image_directory, spec.file_template)
-    folder.mkdir(parents=True, exist_ok=True)
+    project.create_project(folder, [spec.visit_directory, *config.data_roots],
+                           spec.processing_job_id, resume=resume)
     note(f"project {folder}")
     project.link_movies(folder, spec.image_directory)
     gain = ""
@@ -104,9 +110,14 @@ def prepare_project(spec: jobs.JobSpec, config: SiteConfig, note) -> tuple[Path,
         checked = project.check_gain_reference(params.motioncor_gainreference, spec.visit_directory)
         gain = project.copy_gain(folder, checked)
         note(f"gain reference {checked} copied to {gain}")
+    defect = ""
+    if params.motioncor_defectfile:  # RELION runs in the project: give it the checked path
+        defect = str(project.visit_file(params.motioncor_defectfile, spec.visit_directory,
+                                        "defect file"))
     overrides = {
         "import_images": glob,
         "motioncor_gainreference": gain,
+        "motioncor_defectfile": defect,
         "motioncor_exe": config.executables.motioncor2 or "",
         "ctffind4_exe": config.executables.ctffind or "",
         "images_are_movies": True,
@@ -115,13 +126,15 @@ def prepare_project(spec: jobs.JobSpec, config: SiteConfig, note) -> tuple[Path,
     options_mod.write_options(folder, text)
     settings = DriverSettings(
         project=folder,
-        stages=tuple(stages(params, config, glob, gain)),
+        stages=tuple(stages(params, config, glob, gain, defect)),
         movie_glob=glob,
         pipeliner=config.executables.relion_pipeliner,
         repeat_times=params.preprocess_repeat_times,
         repeat_wait_seconds=params.preprocess_repeat_wait * 60,
         idle_seconds=config.idle_seconds,
         tick_seconds=min(config.heartbeat_seconds, 5.0),
+        movie_checker=MovieChecker([spec.visit_directory]),
+        movie_wait_seconds=config.movie_wait_seconds,
     )
     return folder, settings
 
@@ -147,7 +160,7 @@ def run_job(
         try:
             spec = jobs.load_job(db, config, processing_job_id)
             load_error = None
-        except jobs.NotFoundError:
+        except (jobs.NotFoundError, ForeignJobError):  # not ours to claim or to fail
             raise
         except RelionZoError as exc:  # a job that exists but whose stored rows are bad
             spec, load_error = None, exc

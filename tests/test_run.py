@@ -319,7 +319,7 @@ def test_restart_reuses_the_projects_jobs(engine, site, live):
     with Session(engine) as db:
         spec = jobs.load_job(db, site, pjid)
     notes = []
-    _, settings = runner.prepare_project(spec, site, notes.append)
+    _, settings = runner.prepare_project(spec, site, notes.append, resume=True)
     result = run_driver(settings, note=notes.append)
 
     assert result.outcome == "finished"

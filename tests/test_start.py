@@ -97,13 +97,11 @@ def test_start_by_data_collection_id(db, site, visit):
 
 
 def test_sql_looking_values_are_stored_verbatim(db, site, visit):
-    value = "--x '); DROP TABLE ProcessingJob; --.mrc"
-    result = start(db, site, visit, {**GOOD_PARAMS, "import_images": value},
-                   comments="'; DELETE FROM DataCollection; --")
-    stored = db.execute(select(ProcessingJobParameter.parameterValue).where(
-        ProcessingJobParameter.processingJobId == result.processing_job_id,
-        ProcessingJobParameter.parameterKey == "import_images")).scalar_one()
-    assert stored == value
+    value = "'; DELETE FROM DataCollection; --"
+    result = start(db, site, visit, comments=value, display_name="x'); DROP TABLE x; --")
+    stored = db.execute(select(ProcessingJob.comments, ProcessingJob.displayName).where(
+        ProcessingJob.processingJobId == result.processing_job_id)).one()
+    assert tuple(stored) == (value, "x'); DROP TABLE x; --")
     assert db.execute(text("SELECT COUNT(*) FROM ProcessingJob")).scalar() >= 1
 
 

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relion_zo.movies import MovieChecker, matching
+from relion_zo.paths import open_append, unsafe_reason
 from relion_zo.relion_it import pipeliner as pl
 from relion_zo.relion_it.stages import JobRef, Stage
 
@@ -74,6 +76,9 @@ class DriverSettings:
     tick_seconds: float = 5.0
     dead_job_seconds: float = 5.0
     pass_timeout_seconds: float | None = None
+    # Checks each movie before a pass may import it (None: no checks, RELION takes the glob).
+    movie_checker: MovieChecker | None = None
+    movie_wait_seconds: float = 120.0  # how long an incomplete movie may stay incomplete
 
 
 class _Stopped(Exception):
@@ -156,7 +161,8 @@ def remove_running_pipeliner_files(project: Path) -> None:
 
 
 def movies_on_disk(project: Path, movie_glob: str) -> int:
-    return sum(1 for p in project.glob(movie_glob) if p.is_file())
+    """Movies RELION's glob would import (``glob(3)`` rules: no hidden files)."""
+    return len(matching(project, movie_glob))
 
 
 class _Run:
@@ -170,6 +176,8 @@ class _Run:
         self.progress = Progress()
         self.jobs: dict[str, str] = {}
         self.last_tick = float("-inf")
+        self.waiting_since: dict[str, float] = {}  # incomplete movie -> when first seen
+        self.imported_checked = 0  # rows of Import's movies.star already checked
 
     # -- checks that run all the time
     def check_stop(self) -> None:
@@ -223,6 +231,42 @@ class _Run:
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         return env
 
+    # -- movies
+    def movies_ready(self) -> bool:
+        """True when every movie on disk may be imported now. A refused movie fails the run
+        (RELION's glob would import it); one still arriving is waited for, up to
+        ``movie_wait_seconds``."""
+        checker = self.s.movie_checker
+        if checker is None:
+            return True
+        names = matching(self.s.project, self.s.movie_glob)
+        now = time.monotonic()
+        waiting = set()
+        for problem in checker.problems(self.s.project, names):
+            if not problem.may_still_arrive:
+                raise _Failed(f"{problem.text()}; refused before import")
+            first = self.waiting_since.setdefault(problem.name, now)
+            if now - first > self.s.movie_wait_seconds:
+                raise _Failed(f"{problem.text()} for {self.s.movie_wait_seconds:.0f} s; "
+                              "refused before import")
+            waiting.add(problem.name)
+        self.waiting_since = {k: v for k, v in self.waiting_since.items() if k in waiting}
+        return not waiting
+
+    def check_imported_names(self) -> None:
+        """A movie that appeared between the check and RELION's glob is named in Import's
+        output: refuse the pass at once if its name is not safe."""
+        job = self.jobs.get(self.s.stages[0].name_in_script) if self.s.stages else None
+        if self.s.movie_checker is None or not job:
+            return
+        names = pl.star_column(self.s.project / job / "movies.star", "movies",
+                               "_rlnMicrographMovieName")
+        for name in names[self.imported_checked:]:
+            reason = unsafe_reason(name)
+            if reason:
+                raise _Failed(f"movie {name!r} {reason}; it arrived during a pass")
+        self.imported_checked = len(names)
+
     # -- one scheduler pass
     def run_pass(self) -> None:
         project = self.s.project
@@ -233,7 +277,7 @@ class _Run:
         argv = pl.schedule_argv(self.s.pipeliner, SCHEDULE, names)
         self.progress.passes += 1
         started = time.monotonic()
-        with open(project / "relion_zo_pipeliner.log", "ab") as out:
+        with open_append(project / "relion_zo_pipeliner.log", "pipeliner log", "ab") as out:
             proc = subprocess.Popen(argv, cwd=project, env=self.env(), stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -243,6 +287,8 @@ class _Run:
             while proc.poll() is None:
                 self.check_stop()
                 self.tick()
+                if pl.exit_state(project, names[0]) == "success":
+                    self.check_imported_names()
                 others = [pid for pid in group_members(pgid) if pid != proc.pid]
                 if others:
                     alone_since = None
@@ -267,6 +313,7 @@ class _Run:
             self.progress.relion_seconds += time.monotonic() - started
             remove_running_pipeliner_files(project)
             pl.clear_stale_lock(project)
+        self.check_imported_names()
         for job in names:
             state = pl.exit_state(project, job)
             if state in ("failure", "aborted"):
@@ -294,10 +341,17 @@ class _Run:
                 return
             time.sleep(self.s.poll_seconds)
 
+    def wait_for_movies(self) -> None:
+        """Poll until every movie on disk may be imported (or the run is stopped)."""
+        while not self.movies_ready():
+            self.check_stop()
+            self.tick()
+            time.sleep(self.s.poll_seconds)
+
     def run(self) -> DriverResult:
         project = self.s.project
         pl.ensure_pipeline(project)
-        (project / pl.RUNNING_RELION_IT).touch()
+        open_append(project / pl.RUNNING_RELION_IT, "RUNNING_RELION_IT").close()
         try:
             self.check_stop()
             self.add_jobs()
@@ -306,6 +360,8 @@ class _Run:
             since_new = time.monotonic()
             for _ in range(self.s.repeat_times):
                 self.check_stop()
+                self.wait_for_movies()
+                before = dict(self.progress.counts)
                 self.run_pass()
                 self.tick(force=True)
                 seen = self.progress.movies_on_disk
@@ -317,9 +373,12 @@ class _Run:
                     self.refresh_counts()
                     if (self.progress.movies_on_disk == last_seen and self.all_processed()
                             and time.monotonic() - since_new >= self.s.idle_seconds):
-                        return self.result("finished", f"no new movies for "
-                                           f"{self.s.idle_seconds:.0f} s")
-            return self.result("finished", f"{self.s.repeat_times} passes done")
+                        return self.finished(f"no new movies for {self.s.idle_seconds:.0f} s")
+                elif self.progress.counts == before:
+                    # Nothing new came of this pass: wait for a movie or the repeat wait
+                    # rather than start the same pass again at once.
+                    self.wait_between_passes(float("inf"))
+            return self.finished(f"{self.s.repeat_times} passes done")
         except _Stopped as exc:
             return self.result("stopped", str(exc))
         except _Failed as exc:
@@ -329,6 +388,14 @@ class _Run:
         finally:
             (project / pl.RUNNING_RELION_IT).unlink(missing_ok=True)
             remove_running_pipeliner_files(project)
+
+    def finished(self, reason: str) -> DriverResult:
+        """Success only when work was done: a run that imported no movie is a failure."""
+        self.refresh_counts()
+        if not self.progress.counts.get("Import"):
+            return self.result("failed", f"no movie was imported: {self.s.movie_glob} matched "
+                               f"{self.progress.movies_on_disk} file(s) RELION could import")
+        return self.result("finished", reason)
 
     def result(self, outcome: str, reason: str) -> DriverResult:
         self.refresh_counts()
