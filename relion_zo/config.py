@@ -8,12 +8,18 @@ never live here. Relative paths are taken relative to the configuration file's f
 from __future__ import annotations
 
 import os
+import string
 from pathlib import Path
 from typing import Any
 
 import yaml
 from relion_zo.errors import RelionZoError
+from relion_zo.paths import unsafe_reason
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+VISIT_FIELDS = frozenset({"data_root", "beamline", "year", "proposal", "visit"})
+PROJECT_FIELDS = frozenset({"visit_directory", "processing_job_id"})
+DAY = 86400.0
 
 ENV_VAR = "RELION_ZO_CONFIG"
 
@@ -32,20 +38,33 @@ class Executables(BaseModel):
     motioncor2: str | None = None
     cryolo: str | None = None
 
+    @field_validator("*")
+    @classmethod
+    def _shell_safe(cls, value: str | None) -> str | None:
+        # RELION puts ctffind's and MotionCor2's paths into commands it runs through a shell.
+        reason = unsafe_reason(value) if value else None
+        if reason:
+            raise ValueError(reason)
+        return value
+
 
 class SiteConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     data_roots: list[Path] = Field(min_length=1)
     visit_directory: str = Field(
         description="template with {data_root}, {beamline}, {year}, {proposal}, {visit}"
     )
     project_directory: str = "{visit_directory}/processed/relion_{processing_job_id}"
-    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0, le=3600)
     idle_seconds: float = Field(
-        default=600.0, ge=0, description="a job ends after this long with no new movie"
+        default=600.0, ge=0, le=30 * DAY, description="a job ends after this long with no new movie"
     )
-    stale_heartbeats: int = Field(default=3, ge=1)
+    movie_wait_seconds: float = Field(
+        default=120.0, ge=0, le=DAY,
+        description="how long a movie may stay incomplete before the job fails naming it",
+    )
+    stale_heartbeats: int = Field(default=3, ge=1, le=1000)
     worker_jobs: int = Field(
         default=1, ge=1, le=64, description="jobs one worker runs at once (its prefetch count)"
     )
@@ -59,7 +78,19 @@ class SiteConfig(BaseModel):
         for root in roots:
             if not root.is_absolute():
                 raise ValueError(f"data root {root} is not an absolute path")
+            if root == Path(root.anchor):
+                raise ValueError("a data root may not be the file system's root")
         return roots
+
+    @field_validator("visit_directory")
+    @classmethod
+    def _visit_template(cls, value: str) -> str:
+        return _check_template(value, VISIT_FIELDS)
+
+    @field_validator("project_directory")
+    @classmethod
+    def _project_template(cls, value: str) -> str:
+        return _check_template(value, PROJECT_FIELDS)
 
     @property
     def stale_seconds(self) -> float:
@@ -77,6 +108,21 @@ class SiteConfig(BaseModel):
                                   "zocalo configuration", "zocalo_config")
 
 
+def _check_template(value: str, fields: frozenset[str]) -> str:
+    """A path template may name only ``fields``, in plain ``{name}`` form."""
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        raise ValueError(f"is not a valid template ({exc})") from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in fields or spec or conversion:
+            raise ValueError(f"names {{{name}}}; it may use only "
+                             + ", ".join(f"{{{f}}}" for f in sorted(fields)))
+    return value
+
+
 def _configured_or_env(value: Path | None, env_var: str, what: str, key: str) -> Path:
     path = value or os.environ.get(env_var)
     if not path:
@@ -91,6 +137,27 @@ def _resolve(value: Any, base: Path) -> Any:
     return path if path.is_absolute() else (base / path).resolve()
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given more than once", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_reason(exc: yaml.YAMLError) -> str:
+    """One line: the problem and where, without echoing the file's text."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1})" if mark is not None else problem
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> SiteConfig:
     """Read the site file at ``path`` or at ``$RELION_ZO_CONFIG``."""
     path = path or os.environ.get(ENV_VAR)
@@ -98,15 +165,21 @@ def load_config(path: str | os.PathLike[str] | None = None) -> SiteConfig:
         raise ConfigError(f"no site configuration: pass --config or set {ENV_VAR}")
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read site configuration {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"site configuration {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"site configuration {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"site configuration {path} is not valid YAML: {yaml_reason(exc)}"
+                          ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"site configuration {path} must be a mapping")
     base = path.resolve().parent
-    raw["data_roots"] = [_resolve(r, base) for r in raw.get("data_roots") or []]
+    roots = raw.get("data_roots")
+    if not isinstance(roots, list) or not all(isinstance(r, str) and r for r in roots):
+        raise ConfigError(f"site configuration {path}: data_roots must be a list of folders")
+    raw["data_roots"] = [_resolve(r, base) for r in roots]
     for key in ("ispyb_credentials", "zocalo_config"):
         if raw.get(key) is not None:
             raw[key] = _resolve(raw[key], base)
@@ -118,4 +191,5 @@ def load_config(path: str | os.PathLike[str] | None = None) -> SiteConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"site configuration {path}: {where}: {first['msg']}") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"site configuration {path}: {where}: {msg}") from None

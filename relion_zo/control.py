@@ -8,6 +8,7 @@ same functions serve the broker path, ``--local`` and the worker that receives a
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -172,41 +173,63 @@ def wait_until_final(
         sleep(poll)
 
 
+def _ascii_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 class Ledger:
     """A bulk reprocess's record, beside the id file: ``old_id new_id`` per line, appended and
-    flushed as each id is done, so a second run skips what the first did."""
+    flushed as each id is done, so a second run skips what the first did. It is opened for
+    appending before any job is written, so an unwritable ledger is an error before anything
+    else happens."""
 
     def __init__(self, path: Path):
         self.path = path
         self.done: dict[int, int] = {}
-        if path.exists():
-            text = path.read_text()
-            if text and not text.endswith("\n"):  # a line cut short by a crash: close it
-                with open(path, "a") as handle:
-                    handle.write("\n")
-            for line in text.splitlines():
-                parts = line.split()
-                if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-                    self.done[int(parts[0])] = int(parts[1])
+        text = _read_text(path) if path.exists() else ""
+        try:
+            self.handle = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot write the ledger {path}: {exc.strerror}") from None
+        if text and not text.endswith("\n"):  # a line cut short by a crash: close it
+            self.handle.write("\n")
+            self.handle.flush()
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and all(_ascii_number(p) for p in parts):
+                self.done[int(parts[0])] = int(parts[1])
 
     def record(self, old: int, new: int) -> None:
-        with open(self.path, "a") as handle:
-            handle.write(f"{old} {new}\n")
+        try:
+            self.handle.write(f"{old} {new}\n")
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError as exc:
+            raise InputError(f"job {new} was written but the ledger {self.path} could not "
+                             f"record it: {exc.strerror}") from None
         self.done[old] = new
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text") from None
 
 
 def read_job_ids(path: Path) -> list[int]:
     """Job ids, one per line; blank lines and ``#`` comments are skipped."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
     ids = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
-        if not text.isdigit():
-            raise InputError(f"{path} line {number}: {text!r} is not a job id")
+        if not _ascii_number(text) or len(text) > 18:
+            raise InputError(f"{path} line {number}: {text[:40]!r} is not a job id")
         ids.append(int(text))
     return ids

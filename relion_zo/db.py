@@ -8,7 +8,9 @@ port, database), named by a path or by ``ISPYB_CREDENTIALS``. The driver is mysq
 from __future__ import annotations
 
 import configparser
+import logging
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 SECTION = "ispyb_sqlalchemy"
+log = logging.getLogger(__name__)
 
 
 class CredentialsError(RelionZoError, ValueError):
@@ -30,9 +33,7 @@ def url_from_credentials(path: str | os.PathLike[str] | None = None) -> URL:
     path = path or os.environ.get("ISPYB_CREDENTIALS")
     if not path:
         raise CredentialsError("no ISPyB credentials file: set ISPYB_CREDENTIALS")
-    parser = configparser.RawConfigParser()
-    if not parser.read(path):
-        raise CredentialsError(f"cannot read ISPyB credentials file {path}")
+    parser = read_private_ini(path, "ISPyB credentials file", CredentialsError)
     if not parser.has_section(SECTION):
         raise CredentialsError(f"{path} has no [{SECTION}] section")
     creds = dict(parser.items(SECTION))
@@ -45,15 +46,59 @@ def url_from_credentials(path: str | os.PathLike[str] | None = None) -> URL:
         query["unix_socket"] = creds["unix_socket"]
     elif host is None:
         raise CredentialsError(f"{path}: [{SECTION}] needs host (and port) or unix_socket")
+    port = creds.get("port", "").strip()
+    if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise CredentialsError(f"{path}: [{SECTION}] port is not a port number")
     return URL.create(
         "mysql+mysqldb",
         username=creds["username"],
         password=creds.get("password") or None,
         host=host,
-        port=int(creds["port"]) if creds.get("port") else None,
+        port=int(port) if port else None,
         database=creds["database"],
         query=query,
     )
+
+
+def warn_if_readable_by_others(path: str | os.PathLike[str], what: str) -> None:
+    """A file with a password that other users can read is used, with a warning."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s %s can be read by other users (mode %o); chmod 600 it", what, path,
+                    stat.S_IMODE(mode))
+
+
+def read_private_ini(path, what: str, error: type[Exception]) -> configparser.RawConfigParser:
+    """Parse an INI file that holds a password. Errors name the line, never its text."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise error(f"{what} {path} is not UTF-8 text") from None
+    warn_if_readable_by_others(path, what)
+    parser = configparser.RawConfigParser(strict=True, interpolation=None)
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.MissingSectionHeaderError as exc:
+        raise error(f"{what} {path} line {exc.lineno}: a setting before any [section] "
+                    "header") from None
+    except configparser.DuplicateOptionError as exc:
+        raise error(f"{what} {path} line {exc.lineno}: option {exc.option!r} is given twice "
+                    f"in [{exc.section}]") from None
+    except configparser.DuplicateSectionError as exc:
+        raise error(f"{what} {path} line {exc.lineno}: section [{exc.section}] is given "
+                    "twice") from None
+    except configparser.ParsingError as exc:
+        lines = ", ".join(str(number) for number, _ in exc.errors)
+        raise error(f"{what} {path}: cannot parse line(s) {lines}") from None
+    except configparser.Error as exc:
+        raise error(f"{what} {path} is not a valid INI file ({type(exc).__name__})") from None
+    return parser
 
 
 def make_engine(path: str | os.PathLike[str] | Path | None = None, **kwargs) -> Engine:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from relion_zo.config import SiteConfig, load_config
 from relion_zo.db import make_engine
@@ -26,17 +26,35 @@ def open_site(args: argparse.Namespace) -> tuple[SiteConfig, Engine]:
     return config, make_engine(config.credentials_path())
 
 
+log = logging.getLogger(__name__)
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def guarded(func: Callable[[], int]) -> int:
-    """Run a command body; user errors become one line on stderr and exit status 1."""
+    """Run a command body. Every error becomes one line on stderr and exit status 1, never a
+    traceback: user errors as they are, database and file errors with their reason, anything
+    else as its type (the traceback goes to the debug log)."""
     try:
         return func()
     except RelionZoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OperationalError as exc:
-        reason = str(exc.orig) if exc.orig is not None else str(exc)
-        print(f"error: database: {reason}", file=sys.stderr)
-        return 1
+        message = str(exc)
+    except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None)
+        message = f"database: {orig if orig is not None else type(exc).__name__}"
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        message = f"{exc.strerror or type(exc).__name__}:{where}" if where else (
+            exc.strerror or str(exc) or type(exc).__name__)
+    except UnicodeError:
+        message = "a name or file is not valid UTF-8"
+    except Exception as exc:  # noqa: BLE001 - a bug: one line here, the trace in the log
+        log.debug("unexpected error", exc_info=True)
+        message = f"unexpected {type(exc).__name__}: {exc}"
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    return 1
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -66,6 +66,13 @@ def _send(zocalo, pjid: int) -> None:
 def _bulk(db, config, path: Path, overrides, zocalo) -> int:
     ids = control.read_job_ids(path)
     ledger = control.Ledger(path.with_name(path.name + ".done"))
+    try:
+        return _bulk_jobs(db, config, ids, ledger, overrides, zocalo)
+    finally:
+        ledger.close()
+
+
+def _bulk_jobs(db, config, ids: list[int], ledger, overrides, zocalo) -> int:
     failed = 0
     for number, old in enumerate(ids, 1):
         where = f"[{number}/{len(ids)}] job {old}"

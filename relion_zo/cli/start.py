@@ -13,6 +13,7 @@ import yaml
 
 from relion_zo import broker, jobs
 from relion_zo.broker import BrokerError
+from relion_zo.config import UniqueKeyLoader, yaml_reason
 from relion_zo.cli.common import add_config_option, guarded, open_site
 from relion_zo.db import session_scope
 from relion_zo.errors import InputError
@@ -43,12 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_params_file(path: str) -> list[tuple[str, object]]:
+    """A YAML or JSON mapping of option names; a key given twice is an error."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except OSError as exc:
         raise InputError(f"cannot read parameters file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"parameters file {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"parameters file {path} is not YAML or JSON: {exc}") from None
+        raise InputError(f"parameters file {path} is not YAML or JSON: {yaml_reason(exc)}"
+                         ) from None
     if not isinstance(data, dict):
         raise InputError(f"parameters file {path} must hold a mapping of option names")
     return list(data.items())
