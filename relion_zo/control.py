@@ -186,11 +186,15 @@ class Ledger:
     def __init__(self, path: Path):
         self.path = path
         self.done: dict[int, int] = {}
-        text = _read_text(path) if path.exists() else ""
         try:
             self.handle = open(path, "a", encoding="utf-8")
         except OSError as exc:
             raise InputError(f"cannot write the ledger {path}: {exc.strerror}") from None
+        try:
+            text = _read_text(path)
+        except InputError:
+            self.handle.close()
+            raise
         if text and not text.endswith("\n"):  # a line cut short by a crash: close it
             self.handle.write("\n")
             self.handle.flush()

@@ -84,7 +84,7 @@ class MovieChecker:
     """Checks movies once each: a movie that passed is not read again unless its size or time
     changes. ``roots``: where movies may lie once links are followed."""
 
-    def __init__(self, roots: Iterable[Path], settle_seconds: float = 2.0, clock=time.time):
+    def __init__(self, roots: Iterable[Path], settle_seconds: float = 1.0, clock=time.time):
         self.roots = [Path(r).resolve() for r in roots]
         self.settle_seconds = settle_seconds
         self.clock = clock

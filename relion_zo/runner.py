@@ -98,6 +98,7 @@ def prepare_project(
     params = spec.parameters
     check_capabilities(params, config)
     jobs.check_movies_folder(config, spec.visit_directory, spec.image_directory)
+    jobs.check_template(spec.file_template)  # the row may come from another tool
     jobs.check_parameters_on_disk(params, spec.visit_directory)
     folder = project.project_directory(config, spec.visit_directory, spec.processing_job_id)
     glob = project.movies_glob(params.import_images, spec.image_directory, spec.file_template)

@@ -29,6 +29,21 @@ def open_site(args: argparse.Namespace) -> tuple[SiteConfig, Engine]:
 log = logging.getLogger(__name__)
 
 
+class _Warnings(logging.Handler):
+    """relion_zo's warnings as ``warning: ...`` lines on the stderr of the moment."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"warning: {record.getMessage()}", file=sys.stderr)
+
+
+def show_warnings() -> None:
+    """Commands show relion_zo's warnings even when logging is not set up (once)."""
+    package = logging.getLogger("relion_zo")
+    if not any(isinstance(h, _Warnings) for h in package.handlers):
+        handler = _Warnings(logging.WARNING)
+        package.addHandler(handler)
+
+
 def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -37,6 +52,7 @@ def guarded(func: Callable[[], int]) -> int:
     """Run a command body. Every error becomes one line on stderr and exit status 1, never a
     traceback: user errors as they are, database and file errors with their reason, anything
     else as its type (the traceback goes to the debug log)."""
+    show_warnings()
     try:
         return func()
     except RelionZoError as exc:
@@ -58,6 +74,9 @@ def guarded(func: Callable[[], int]) -> int:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    package = logging.getLogger("relion_zo")
+    for handler in [h for h in package.handlers if isinstance(h, _Warnings)]:
+        package.removeHandler(handler)  # the log shows warnings from now on
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
