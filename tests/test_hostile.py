@@ -408,3 +408,35 @@ def test_run_leaves_another_pipelines_job_alone(engine, run_site, live, tmp_path
     with Session(engine) as db:
         assert db.execute(select(func.count()).select_from(AutoProcProgram).where(
             AutoProcProgram.processingJobId == other)).scalar() == 0
+
+
+# ---------------------------------------------------------------- every other command
+
+
+@pytest.mark.parametrize("argv, code, words", [
+    (["run", "abc"], 2, "argument job: 'abc' is not an id"),
+    (["run", "٣"], 2, "'٣' is not an id"),  # int() would take an Arabic-Indic digit
+    (["run", "0"], 2, "'0' is not an id"),
+    (["run", "9" * 30], 2, "is not an id"),
+    (["status", "--dcid", "1e3"], 2, "'1e3' is not an id"),
+    (["stop", "--local", "987654321"], 1, "unknown processing job 987654321"),
+    (["status", "--visit", "x'; DROP TABLE BLSession; --"], 1, "is not a visit name"),
+    (["reap", "--visit", "../../etc"], 1, "is not a visit name"),
+    (["restart", "--local", "--dcid", "987654321"], 1, "unknown data collection 987654321"),
+    (["reprocess", "--no-send", "987654321"], 1, "unknown processing job 987654321"),
+    (["start", "--no-send", "--dcid", "987654321", "-p", "angpix=1", "-p", "voltage=300",
+      "-p", "Cs=2.7", "-p", "motioncor_doseperframe=1", "-p", "stop_after_motion_correction=1"],
+     1, "unknown data collection"),
+    (["start", "--no-send", "--visit", "cm1-1", "--image-directory", "relative/raw",
+      "--file-template", "*.mrc", "-p", "angpix=1", "-p", "voltage=300", "-p", "Cs=2.7",
+      "-p", "motioncor_doseperframe=1", "-p", "stop_after_motion_correction=1"], 1,
+     "unknown visit"),
+], ids=lambda v: str(v)[:40] if isinstance(v, list) else None)
+def test_every_command_answers_bad_input_in_one_line(hostile, db, capsys, argv, code, words):
+    before = row_counts(db)
+    full = [argv[0], "--config", str(hostile.site_file), *argv[1:]]
+    assert main(full) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert row_counts(db) == before

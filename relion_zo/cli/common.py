@@ -15,6 +15,21 @@ from relion_zo.db import make_engine
 from relion_zo.errors import RelionZoError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one line (``error: PROG: ...``), exit status 2."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {one_line(message)} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def identifier(text: str) -> int:
+    """A database id on the command line: ASCII digits only, positive, of a sane size."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an id (a positive number)")
+    return int(text)
+
+
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE", help="site file (default: $RELION_ZO_CONFIG)"

@@ -10,7 +10,6 @@ no broker). Run it again and it processes the same movies as a new job.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import yaml
 from relion_zo import broker, control, jobs, stack
 from relion_zo.cli import run as run_cli
 from relion_zo.cli import status as status_cli
-from relion_zo.cli.common import guarded
+from relion_zo.cli.common import Parser, guarded
 from relion_zo.cli.demo_data import add_demo_options, seed
 from relion_zo.config import load_config
 from relion_zo.db import make_engine, session_scope
@@ -79,7 +78,7 @@ def follow(config_path: Path, pjid: int, limit: float = 600) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="relion-zo demo", description=__doc__)
+    parser = Parser(prog="relion-zo demo", description=__doc__)
     add_demo_options(parser)
     parser.add_argument("--foreground", action="store_true",
                         help="run the job in this process, without the broker")

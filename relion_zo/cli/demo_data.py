@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from relion_zo.cli.common import guarded
+from relion_zo.cli.common import Parser, guarded
 from relion_zo.db import make_engine, session_scope
 from relion_zo.demo import DEMO_VISIT, make_demo
 from relion_zo.stack import StackSettings
@@ -36,7 +36,7 @@ def seed(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="relion-zo demo-data", description=__doc__)
+    parser = Parser(prog="relion-zo demo-data", description=__doc__)
     add_demo_options(parser)
     args = parser.parse_args(argv)
 

@@ -9,16 +9,15 @@ meantime is left alone. Safe to run from cron on any machine.
 
 from __future__ import annotations
 
-import argparse
 
 from relion_zo import control
-from relion_zo.cli.common import add_config_option, guarded, open_site
+from relion_zo.cli.common import Parser, add_config_option, guarded, open_site
 from relion_zo.db import session_scope
 from relion_zo.visits import find_visit
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="relion-zo reap", description=__doc__)
+    parser = Parser(prog="relion-zo reap", description=__doc__)
     add_config_option(parser)
     parser.add_argument("--visit", help="only this visit's jobs")
     args = parser.parse_args(argv)

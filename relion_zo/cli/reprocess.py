@@ -16,17 +16,17 @@ import argparse
 from pathlib import Path
 
 from relion_zo import broker, control
-from relion_zo.cli.common import add_config_option, guarded, open_site
+from relion_zo.cli.common import Parser, add_config_option, guarded, identifier, open_site
 from relion_zo.db import session_scope
 from relion_zo.errors import InputError, RelionZoError
 from relion_zo.parameters import pairs_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relion-zo reprocess", description=__doc__,
+    parser = Parser(prog="relion-zo reprocess", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_option(parser)
-    parser.add_argument("job", nargs="?", type=int, help="the processing job to reprocess")
+    parser.add_argument("job", nargs="?", type=identifier, help="the processing job to reprocess")
     parser.add_argument("--from-file", metavar="FILE", help="a file of job ids")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a relion_it option to change; repeat for more")

@@ -7,18 +7,17 @@ sends it. With no active job it restarts the data collection's newest job.
 
 from __future__ import annotations
 
-import argparse
 
 from relion_zo import broker, control
-from relion_zo.cli.common import add_config_option, guarded, open_site
+from relion_zo.cli.common import Parser, add_config_option, guarded, identifier, open_site
 from relion_zo.db import session_scope
 from relion_zo.parameters import pairs_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="relion-zo restart", description=__doc__)
+    parser = Parser(prog="relion-zo restart", description=__doc__)
     add_config_option(parser)
-    parser.add_argument("--dcid", type=int, required=True, help="the data collection")
+    parser.add_argument("--dcid", type=identifier, required=True, help="the data collection")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a relion_it option to change; repeat for more")
     parser.add_argument("--local", action="store_true",

@@ -7,19 +7,25 @@ Exit status: 0 success or stopped, 1 failure or bad input, 3 the job already had
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from relion_zo.cli.common import add_config_option, guarded, open_site, setup_logging
+from relion_zo.cli.common import (
+    Parser,
+    add_config_option,
+    guarded,
+    identifier,
+    open_site,
+    setup_logging,
+)
 from relion_zo.runner import run_job_until_signalled
 
 EXIT_CODES = {"success": 0, "stopped": 0, "failure": 1, "skipped": 3}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="relion-zo run", description=__doc__)
+    parser = Parser(prog="relion-zo run", description=__doc__)
     add_config_option(parser)
-    parser.add_argument("job", type=int, help="the processing job id")
+    parser.add_argument("job", type=identifier, help="the processing job id")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
 

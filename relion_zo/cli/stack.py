@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from relion_zo import stack
-from relion_zo.cli.common import guarded
+from relion_zo.cli.common import Parser, guarded
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="relion-zo stack", description=__doc__)
+    parser = Parser(prog="relion-zo stack", description=__doc__)
     parser.add_argument("action", choices=("up", "down", "status"))
     parser.add_argument("--root", help="the stack's private folder (default ./.stack)")
     parser.add_argument("--json", action="store_true", help="print the status as JSON")

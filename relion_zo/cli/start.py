@@ -14,17 +14,17 @@ import yaml
 from relion_zo import broker, jobs
 from relion_zo.broker import BrokerError
 from relion_zo.config import UniqueKeyLoader, yaml_reason
-from relion_zo.cli.common import add_config_option, guarded, open_site
+from relion_zo.cli.common import Parser, add_config_option, guarded, identifier, open_site
 from relion_zo.db import session_scope
 from relion_zo.errors import InputError
 from relion_zo.parameters import pairs_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relion-zo start", description=__doc__)
+    parser = Parser(prog="relion-zo start", description=__doc__)
     add_config_option(parser)
     where = parser.add_argument_group("what to process (a data collection id, or all three)")
-    where.add_argument("--dcid", type=int, help="an existing DataCollection id")
+    where.add_argument("--dcid", type=identifier, help="an existing DataCollection id")
     where.add_argument("--visit", help="visit name, e.g. cm12345-1")
     where.add_argument("--image-directory", help="absolute path of the raw movie folder")
     where.add_argument("--file-template", help="glob of movies inside it, e.g. '*.tiff'")

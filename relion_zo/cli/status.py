@@ -6,7 +6,7 @@ import argparse
 import json
 
 from relion_zo import status as status_mod
-from relion_zo.cli.common import add_config_option, guarded, open_site
+from relion_zo.cli.common import Parser, add_config_option, guarded, identifier, open_site
 from relion_zo.db import session_scope
 from relion_zo.errors import InputError, NotFoundError
 from relion_zo.visits import find_visit
@@ -15,10 +15,10 @@ COLUMNS = ("job", "dcid", "state", "started", "heartbeat", "message")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relion-zo status", description=__doc__)
+    parser = Parser(prog="relion-zo status", description=__doc__)
     add_config_option(parser)
-    parser.add_argument("job", nargs="?", type=int, help="a processing job id")
-    parser.add_argument("--dcid", type=int, help="a data collection id")
+    parser.add_argument("job", nargs="?", type=identifier, help="a processing job id")
+    parser.add_argument("--dcid", type=identifier, help="a data collection id")
     parser.add_argument("--visit", help="a visit name, e.g. cm12345-1")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser

@@ -12,17 +12,17 @@ from __future__ import annotations
 import argparse
 
 from relion_zo import broker, control
-from relion_zo.cli.common import add_config_option, guarded, open_site
+from relion_zo.cli.common import Parser, add_config_option, guarded, identifier, open_site
 from relion_zo.db import session_scope
 from relion_zo.errors import InputError
 from relion_zo.status import FINAL_STATES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relion-zo stop", description=__doc__)
+    parser = Parser(prog="relion-zo stop", description=__doc__)
     add_config_option(parser)
-    parser.add_argument("job", nargs="?", type=int, help="the processing job id")
-    parser.add_argument("--dcid", type=int, help="stop this data collection's active job")
+    parser.add_argument("job", nargs="?", type=identifier, help="the processing job id")
+    parser.add_argument("--dcid", type=identifier, help="stop this data collection's active job")
     parser.add_argument("--local", action="store_true", help="act here, not through the broker")
     parser.add_argument("--wait", type=float, metavar="SECONDS",
                         help="wait up to this long for the final status")
