@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ispyb.sqlalchemy import ProcessingJob, ProcessingJobParameter
+from ispyb.sqlalchemy import ProcessingJob
 from relion_zo import jobs, programs, project, status
 from relion_zo.config import SiteConfig
 from relion_zo.errors import InputError, NotFoundError
@@ -125,12 +125,7 @@ def stored_parameters(db: Session, pjid: int) -> tuple[int, list[tuple[str, str]
     ).scalar()
     if dcid is None:
         raise NotFoundError(f"unknown processing job {pjid}")
-    rows = db.execute(
-        select(ProcessingJobParameter.parameterKey, ProcessingJobParameter.parameterValue)
-        .where(ProcessingJobParameter.processingJobId == pjid)
-        .order_by(ProcessingJobParameter.processingJobParameterId)
-    ).all()
-    return dcid, [(k, v) for k, v in rows]
+    return dcid, jobs.stored_items(db, pjid)
 
 
 def merge(stored: list[tuple[str, str]], overrides: Iterable[tuple[str, str]]) -> list:

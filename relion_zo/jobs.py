@@ -52,6 +52,9 @@ class StartResult:
     data_collection_id: int
     created_data_collection: bool
     movies: int
+    # True when no job was written: the data collection's job was submitted before with the
+    # same parameters and never picked up (its message was lost), so it is to be sent again.
+    resend: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,11 +214,14 @@ def start_job(
     display_name: str | None = None,
     comments: str | None = None,
     automatic: bool = False,
+    resend_submitted: bool = False,
 ) -> StartResult:
     """Check everything, then write the job in one transaction and commit it.
 
     Either ``data_collection_id`` or all of ``visit``, ``image_directory`` and ``file_template``.
-    Raises a ``RelionZoError`` and writes nothing when any check fails.
+    Raises a ``RelionZoError`` and writes nothing when any check fails. ``resend_submitted``:
+    when the data collection's active job is still ``submitted`` with the same parameters (its
+    message was never delivered), write nothing and return it with ``resend`` set.
     """
     typed = params_mod.parse(parameters)
     check_capabilities(typed, config)
@@ -265,7 +271,14 @@ def start_job(
             db, data_collection_id, stale_seconds=config.stale_seconds
         )
         if active:
-            raise ActiveJobError(data_collection_id, active[0].processing_job_id, active[0].state)
+            first = active[0]
+            if (resend_submitted and first.state == "submitted"
+                    and stored_items(db, first.processing_job_id)
+                    == params_mod.explicit_items(typed)):
+                db.rollback()
+                return StartResult(first.processing_job_id, data_collection_id, False, movies,
+                                   resend=True)
+            raise ActiveJobError(data_collection_id, first.processing_job_id, first.state)
 
         pjid = db.execute(
             insert(ProcessingJob).values(
@@ -300,6 +313,15 @@ def start_job(
     return StartResult(pjid, data_collection_id, created, movies)
 
 
+def stored_items(db: Session, processing_job_id: int) -> list[tuple[str, str]]:
+    """A job's parameter rows as (key, value), in the order they were written."""
+    return [tuple(row) for row in db.execute(
+        select(ProcessingJobParameter.parameterKey, ProcessingJobParameter.parameterValue)
+        .where(ProcessingJobParameter.processingJobId == processing_job_id)
+        .order_by(ProcessingJobParameter.processingJobParameterId)
+    ).all()]
+
+
 def load_job(db: Session, config: SiteConfig, processing_job_id: int) -> JobSpec:
     """Read and type one job; an unknown id or bad stored parameters raise a clear error."""
     job = db.execute(
@@ -315,14 +337,7 @@ def load_job(db: Session, config: SiteConfig, processing_job_id: int) -> JobSpec
     if job.dataCollectionId is None:
         raise InputError(f"processing job {processing_job_id} has no data collection")
     dc = _data_collection_row(db, job.dataCollectionId)
-    raw = tuple(
-        (k, v)
-        for k, v in db.execute(
-            select(ProcessingJobParameter.parameterKey, ProcessingJobParameter.parameterValue)
-            .where(ProcessingJobParameter.processingJobId == processing_job_id)
-            .order_by(ProcessingJobParameter.processingJobParameterId)
-        ).all()
-    )
+    raw = tuple(stored_items(db, processing_job_id))
     typed = params_mod.parse(raw)
     the_visit = visit_by_session_id(db, dc.SESSIONID)
     return JobSpec(

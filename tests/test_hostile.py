@@ -440,3 +440,45 @@ def test_every_command_answers_bad_input_in_one_line(hostile, db, capsys, argv, 
     assert err.startswith("error: ") and words in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert row_counts(db) == before
+
+
+# ---------------------------------------------------------------- Start and the broker
+
+
+def test_start_writes_nothing_when_rabbitmq_cannot_be_reached(hostile, db, capsys):
+    closed = hostile.tmp / "closed.yaml"
+    data = yaml.safe_load(Path(hostile.site.zocalo_path()).read_text())
+    data["rabbitmq"]["port"] = 1  # nothing listens there
+    closed.write_text(yaml.safe_dump(data))
+    closed.chmod(0o600)
+    site_file = hostile.bad_site({"zocalo_config": str(closed)})
+    argv = [a for a in hostile.args(site_file=site_file) if a != "--no-send"]
+    before = row_counts(db)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot connect to RabbitMQ") and len(err.splitlines()) == 1
+    assert err.strip() != "error: cannot connect to RabbitMQ:"  # a reason, not an empty one
+    assert row_counts(db) == before
+
+
+def test_a_start_whose_message_was_lost_is_sent_again(hostile, db, capsys, stack_settings):
+    from relion_zo import broker
+
+    pjid = _good_job(hostile, capsys)  # written, never sent: as if the send had failed
+    queue = broker.PROCESSING_RECIPE
+    zocalo = stack_settings.zocalo_config_path
+    depth = broker.queue_depths(zocalo, [queue])[queue]
+    before = row_counts(db)
+    argv = [a for a in hostile.args() if a != "--no-send"]
+    try:
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert out.strip() == f"processing job {pjid} was submitted before and never picked up; " \
+                              "sent again"
+        assert row_counts(db) == before
+        assert broker.queue_depths(zocalo, [queue])[queue] == depth + 1
+        # Other parameters are another job: refused while this one is active.
+        assert main(argv + ["-p", "motioncor_binning=2"]) == 1
+        assert f"already has active processing job {pjid} (submitted)" in capsys.readouterr().err
+    finally:
+        broker.purge(zocalo, [queue])

@@ -59,6 +59,23 @@ def read_params_file(path: str) -> list[tuple[str, object]]:
     return list(data.items())
 
 
+def check_broker(zocalo) -> None:
+    """Reach RabbitMQ and the queue Start sends to, or raise ``BrokerError``."""
+    broker.queue_depths(zocalo, [broker.PROCESSING_RECIPE])
+
+
+def send_job(zocalo, pjid: int) -> None:
+    """Send a written job. If that fails the job stays ``submitted``: the same Start again
+    sends it again (``resend_submitted``) instead of being refused."""
+    try:
+        broker.send(zocalo, [broker.recipe_message(broker.RUN_RECIPE, pjid)])
+    except BrokerError as exc:
+        raise BrokerError(
+            f"processing job {pjid} was written but not sent ({exc}); run the same start again "
+            f"to send it, or stop it with: relion-zo stop --local {pjid}"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -66,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         pairs = read_params_file(args.params_file) if args.params_file else []
         pairs += pairs_from_args(args.param)
         config, engine = open_site(args)
-        zocalo = None if args.no_send else config.zocalo_path()  # before anything is written
+        zocalo = None if args.no_send else config.zocalo_path()
+        if zocalo is not None:  # a broker that cannot be reached: say so before writing
+            check_broker(zocalo)
         try:
             with session_scope(engine) as db:
                 result = jobs.start_job(
@@ -79,27 +98,20 @@ def main(argv: list[str] | None = None) -> int:
                     data_collection_id=args.dcid,
                     display_name=args.display_name,
                     comments=args.comments,
+                    resend_submitted=zocalo is not None,
                 )
         finally:
             engine.dispose()
         if zocalo is not None:
-            try:
-                broker.send(zocalo, [broker.recipe_message(broker.RUN_RECIPE,
-                                                           result.processing_job_id)])
-            except BrokerError as exc:
-                raise BrokerError(
-                    f"processing job {result.processing_job_id} was written but not sent: {exc}; "
-                    f"send it with: zocalo.go -r relion -p {result.processing_job_id}, or stop it "
-                    f"with: relion-zo stop --local {result.processing_job_id}"
-                ) from None
+            send_job(zocalo, result.processing_job_id)
         if args.json:
             print(json.dumps({**result.__dict__, "sent": zocalo is not None}))
         else:
-            print(
-                f"processing job {result.processing_job_id} submitted for data collection "
-                f"{result.data_collection_id} ({result.movies} movies so far)"
-                + ("" if zocalo is None else "; sent to zocalo")
-            )
+            what = ("was submitted before and never picked up; sent again" if result.resend
+                    else f"submitted for data collection {result.data_collection_id} "
+                    f"({result.movies} movies so far)"
+                    + ("" if zocalo is None else "; sent to zocalo"))
+            print(f"processing job {result.processing_job_id} {what}")
         return 0
 
     return guarded(body)
