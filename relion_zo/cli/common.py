@@ -88,6 +88,27 @@ def guarded(func: Callable[[], int]) -> int:
     return 1
 
 
+def check_broker(zocalo) -> None:
+    """Reach RabbitMQ and the queue Start sends to, or raise ``BrokerError``."""
+    from relion_zo import broker
+
+    broker.queue_depths(zocalo, [broker.PROCESSING_RECIPE])
+
+
+def send_job(zocalo, pjid: int) -> None:
+    """Send a written job. If that fails the job stays ``submitted``: the same Start again
+    sends it again (``resend_submitted``) instead of being refused."""
+    from relion_zo import broker
+
+    try:
+        broker.send(zocalo, [broker.recipe_message(broker.RUN_RECIPE, pjid)])
+    except broker.BrokerError as exc:
+        raise broker.BrokerError(
+            f"processing job {pjid} was written but not sent ({exc}); run the same start again "
+            f"to send it, or stop it with: relion-zo stop --local {pjid}"
+        ) from None
+
+
 def setup_logging(verbose: bool = False) -> None:
     package = logging.getLogger("relion_zo")
     for handler in [h for h in package.handlers if isinstance(h, _Warnings)]:

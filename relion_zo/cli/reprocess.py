@@ -15,8 +15,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from relion_zo import broker, control
-from relion_zo.cli.common import Parser, add_config_option, guarded, identifier, open_site
+from relion_zo import control
+from relion_zo.cli.common import (
+    Parser,
+    add_config_option,
+    check_broker,
+    guarded,
+    identifier,
+    open_site,
+    send_job,
+)
 from relion_zo.db import session_scope
 from relion_zo.errors import InputError, RelionZoError
 from relion_zo.parameters import pairs_from_args
@@ -43,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = pairs_from_args(args.set)
         config, engine = open_site(args)
         zocalo = None if args.no_send else config.zocalo_path()
+        if zocalo is not None:
+            check_broker(zocalo)  # before anything is written
         try:
             with session_scope(engine) as db:
                 if args.job is not None:
@@ -60,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _send(zocalo, pjid: int) -> None:
     if zocalo is not None:
-        broker.send(zocalo, [broker.recipe_message(broker.RUN_RECIPE, pjid)])
+        send_job(zocalo, pjid)
 
 
 def _bulk(db, config, path: Path, overrides, zocalo) -> int:

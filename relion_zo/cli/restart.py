@@ -9,7 +9,15 @@ from __future__ import annotations
 
 
 from relion_zo import broker, control
-from relion_zo.cli.common import Parser, add_config_option, guarded, identifier, open_site
+from relion_zo.cli.common import (
+    Parser,
+    add_config_option,
+    check_broker,
+    guarded,
+    identifier,
+    open_site,
+    send_job,
+)
 from relion_zo.db import session_scope
 from relion_zo.parameters import pairs_from_args
 
@@ -30,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = pairs_from_args(args.set)
         config, engine = open_site(args)
         zocalo = None if args.local else config.zocalo_path()
+        if zocalo is not None:
+            check_broker(zocalo)  # before anything is stopped or written
         try:
             with session_scope(engine) as db:
                 active = control.active_job_of(db, config, args.dcid)
@@ -47,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"processing job {old}: {final.state}")
                 result = control.reprocess(db, config, old, overrides)
                 if zocalo is not None:
-                    broker.send(zocalo, [broker.recipe_message(broker.RUN_RECIPE,
-                                                               result.processing_job_id)])
+                    send_job(zocalo, result.processing_job_id)
         finally:
             engine.dispose()
         print(f"processing job {result.processing_job_id} submitted for data collection "

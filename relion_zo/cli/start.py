@@ -11,10 +11,17 @@ from pathlib import Path
 
 import yaml
 
-from relion_zo import broker, jobs
-from relion_zo.broker import BrokerError
+from relion_zo import jobs
 from relion_zo.config import UniqueKeyLoader, yaml_reason
-from relion_zo.cli.common import Parser, add_config_option, guarded, identifier, open_site
+from relion_zo.cli.common import (
+    Parser,
+    add_config_option,
+    check_broker,
+    guarded,
+    identifier,
+    open_site,
+    send_job,
+)
 from relion_zo.db import session_scope
 from relion_zo.errors import InputError
 from relion_zo.parameters import pairs_from_args
@@ -57,23 +64,6 @@ def read_params_file(path: str) -> list[tuple[str, object]]:
     if not isinstance(data, dict):
         raise InputError(f"parameters file {path} must hold a mapping of option names")
     return list(data.items())
-
-
-def check_broker(zocalo) -> None:
-    """Reach RabbitMQ and the queue Start sends to, or raise ``BrokerError``."""
-    broker.queue_depths(zocalo, [broker.PROCESSING_RECIPE])
-
-
-def send_job(zocalo, pjid: int) -> None:
-    """Send a written job. If that fails the job stays ``submitted``: the same Start again
-    sends it again (``resend_submitted``) instead of being refused."""
-    try:
-        broker.send(zocalo, [broker.recipe_message(broker.RUN_RECIPE, pjid)])
-    except BrokerError as exc:
-        raise BrokerError(
-            f"processing job {pjid} was written but not sent ({exc}); run the same start again "
-            f"to send it, or stop it with: relion-zo stop --local {pjid}"
-        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
