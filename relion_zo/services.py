@@ -1,5 +1,6 @@
-"""Run zocalo's Dispatcher and relion_zo workers as child processes of this one (the demo and
-the benchmarks; a facility runs them under its own process supervisor, docs/operations.md)."""
+"""Run relion_zo's dispatcher (``relion-zo dispatcher``) and workers as child processes of this
+one (the demo and the benchmarks; a facility runs them under its own process supervisor,
+docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from relion_zo import broker
+from relion_zo.dispatcher import READY_TEXT as DISPATCHER_READY_TEXT
 from relion_zo.errors import RelionZoError
 
 
@@ -64,7 +66,9 @@ class LocalServices:
         return proc
 
     def dispatcher(self) -> subprocess.Popen:
-        return self.start("dispatcher", broker.PROCESSING_RECIPE)
+        """relion_zo's own dispatch service (``relion_zo.dispatcher``), not zocalo's."""
+        return self.start("dispatcher", broker.PROCESSING_RECIPE,
+                          ready_text=DISPATCHER_READY_TEXT)
 
     def worker(self) -> subprocess.Popen:
         # Not the consumer count: a worker killed a moment ago may still be counted.

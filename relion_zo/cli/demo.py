@@ -1,6 +1,6 @@
 """``relion-zo demo``: the main job end to end on the local stack.
 
-Brings the local MariaDB and RabbitMQ up, starts zocalo's Dispatcher and a relion_zo worker,
+Brings the local MariaDB and RabbitMQ up, starts relion_zo's dispatcher and a relion_zo worker,
 seeds a demo visit with synthetic movies and presses Start for it: the message goes through
 RabbitMQ to the worker, which runs the job with real RELION (Import and motion correction)
 while the demo follows the job's state in ISPyB, then prints the visit's status table and
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             logs = Path(args.root) / "logs"
             with LocalServices(demo.config_path, settings.zocalo_config_path, logs) as services:
-                print(f"== zocalo Dispatcher and a relion_zo worker (logs in {logs})", flush=True)
+                print(f"== relion_zo's dispatcher and a worker (logs in {logs})", flush=True)
                 services.dispatcher()
                 services.worker()
                 print("== Start (ISPyB rows, then a message to processing_recipe)")

@@ -1,0 +1,226 @@
+"""``relion-zo dispatcher``: relion_zo's dispatch service for ``processing_recipe``.
+
+It replaces zocalo's Dispatcher for relion_zo, because that one cannot be made safe from a
+filter: it reads the message before any filter runs (a body that is not a JSON object ends the
+service, again on every redelivery), it rejects what a filter refuses *with* requeue, and it
+loads whatever file a message's ``recipes`` names relative to its recipe folder (``../..``
+included).
+
+A request is accepted when it is a JSON object with
+
+- ``parameters``: an object whose ``ispyb_process`` is a processing job ISPyB knows (a
+  positive integer or a string of digits); other parameters fill the recipe's placeholders;
+- optionally ``recipes``: a list of recipe names. None (or an empty list) means the job's
+  ``ProcessingJob.recipe``.
+
+and nothing else: ``{"parameters": {"ispyb_process": N}}`` (PATo, SynchWeb, ``zocalo.go -p``)
+and ``{"recipes": ["relion"], "parameters": {"ispyb_process": N}}`` (``zocalo.go -r relion``,
+``relion-zo start``). Recipes come only from the recipe folder (the zocalo configuration's
+``zocalo.recipe_directory``): a plain name (``dispatch.check_recipe_name``) whose ``NAME.json``
+is a file directly in that folder. A message's own ``custom_recipe`` is refused.
+
+An accepted request's recipe gets its parameters filled in (``Recipe.apply_parameters``, as
+zocalo does) and is started in one broker transaction with the request's acknowledgement, so
+the request is either consumed and its recipe sent, or neither. Everything else is rejected
+without requeue, at once, into ``dlq.processing_recipe``, with the reason as one log line. The
+service itself never stops for a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import workflows
+import workflows.recipe
+from sqlalchemy.orm import Session
+from workflows.services.common_service import CommonService
+
+from relion_zo import dispatch
+from relion_zo.broker import PROCESSING_RECIPE, dead_letter_queue
+from relion_zo.transport import (
+    TRANSPORT_NAME,
+    RelionPikaTransport,
+    Unusable,
+    decode_body,
+    describe,
+    json_kind,
+)
+
+log = logging.getLogger(__name__)
+
+REQUEST_KEYS = frozenset({"parameters", "recipes"})
+MAX_RECIPES = 10
+GUID = re.compile(r"[A-Za-z0-9-]{8,64}")
+READY_TEXT = "dispatcher ready"  # what the service logs once it consumes processing_recipe
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked request: the job, the recipes it names (maybe none) and the parameters."""
+
+    job_id: int
+    recipes: tuple[str, ...]
+    parameters: dict = field(hash=False)
+
+
+def parse_request(body: bytes | str) -> Request:
+    """The request a delivery's body holds, or ``Unusable`` with the reason."""
+    message = decode_body(body)
+    if not isinstance(message, dict):
+        raise Unusable(f"the body is a JSON {json_kind(message)}, not an object")
+    if "custom_recipe" in message:
+        raise Unusable("custom recipes are not accepted; name a recipe of the recipe folder")
+    extra = sorted(set(message) - REQUEST_KEYS)
+    if extra:
+        raise Unusable(f"unexpected key(s) {', '.join(repr(k)[:40] for k in extra[:5])}")
+    parameters = message.get("parameters")
+    if not isinstance(parameters, dict):
+        raise Unusable(f"'parameters' must be an object, not a JSON {json_kind(parameters)}")
+    if "ispyb_process" not in parameters:
+        raise Unusable("the parameters name no ispyb_process")
+    try:
+        job_id = dispatch.parse_job_id(parameters["ispyb_process"])
+        names = dispatch.recipe_names(message.get("recipes"))
+    except ValueError as exc:
+        raise Unusable(str(exc)) from None
+    if len(names) > MAX_RECIPES:
+        raise Unusable(f"{len(names)} recipes named; at most {MAX_RECIPES} are accepted")
+    guid = parameters.get("guid")
+    if not (isinstance(guid, str) and GUID.fullmatch(guid)):
+        guid = str(uuid.uuid4())
+    return Request(job_id, tuple(names), {**parameters, "ispyb_process": job_id, "guid": guid})
+
+
+class RecipeFolder:
+    """The recipes a request may name: ``NAME.json`` files directly in one folder."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder).resolve()
+        if not self.folder.is_dir():
+            raise NotADirectoryError(f"recipe folder {self.folder} is not a directory")
+
+    def load(self, name: str) -> workflows.recipe.Recipe:
+        try:
+            name = dispatch.check_recipe_name(name)
+        except ValueError as exc:
+            raise Unusable(str(exc)) from None
+        path = self.folder / f"{name}.json"
+        if not path.is_file() or path.resolve().parent != self.folder:
+            raise Unusable(f"recipe {name!r} is not in the recipe folder")
+        try:
+            recipe = workflows.recipe.Recipe(path.read_text())
+            recipe.validate()
+        except (OSError, ValueError, workflows.Error) as exc:
+            raise Unusable(f"recipe {name!r} cannot be used: {describe(exc)}") from None
+        return recipe
+
+    def build(self, names: tuple[str, ...] | list[str], parameters: Mapping[str, Any]
+              ) -> workflows.recipe.Recipe:
+        """The named recipes merged into one, placeholders filled from ``parameters``."""
+        combined = workflows.recipe.Recipe()
+        for name in names:
+            combined = combined.merge(self.load(name))
+        try:
+            combined.apply_parameters(dict(parameters))
+        except Exception as exc:  # noqa: BLE001 - a parameter the recipe cannot take
+            raise Unusable(f"the parameters do not fit the recipe: {describe(exc)}") from None
+        return combined
+
+
+def recipes_for(request: Request, stored: Callable[[int], str | None]) -> tuple[str, ...]:
+    """The request's recipes, else the job's stored one (``stored`` reads ISPyB and raises
+    ``ValueError`` for an unknown job; it is asked either way, so no request for an unknown
+    job starts anything)."""
+    try:
+        recipe = stored(request.job_id)
+    except ValueError as exc:
+        raise Unusable(str(exc)) from None
+    if request.recipes:
+        return request.recipes
+    if not recipe:
+        raise Unusable(f"processing job {request.job_id} names no recipe")
+    try:
+        return (dispatch.check_recipe_name(recipe),)
+    except ValueError as exc:
+        raise Unusable(f"processing job {request.job_id}: {exc}") from None
+
+
+def start_recipe(transport, header: Mapping, recipe: workflows.recipe.Recipe, guid: str) -> None:
+    """Acknowledge the request and send the recipe's first messages in one transaction."""
+    txn = transport.transaction_begin(subscription_id=header["subscription"])
+    try:
+        transport.ack(header, transaction=txn)
+        wrapper = workflows.recipe.RecipeWrapper(recipe=recipe, transport=transport,
+                                                 environment={"ID": guid})
+        wrapper.start(transaction=txn)
+    except BaseException:
+        transport.transaction_abort(txn)
+        raise
+    transport.transaction_commit(txn)
+
+
+# ---------------------------------------------------------------------------- the service
+
+class RelionDispatcher(CommonService):
+    """relion_zo's dispatch service (``zocalo.service -s RelionDispatcher``)."""
+
+    _service_name = "relion_zo dispatcher"
+    _logger_name = "relion_zo.dispatcher"
+
+    def initializing(self):
+        from relion_zo.config import load_config
+        from relion_zo.db import make_engine
+
+        site = load_config()
+        storage = getattr(self.config, "storage", None) or {}
+        folder = storage.get("zocalo.recipe_directory")
+        if not folder:
+            raise RuntimeError("the zocalo configuration names no zocalo.recipe_directory")
+        self.recipes = RecipeFolder(folder)
+        self.engine = make_engine(site.credentials_path())
+        if not isinstance(self._transport, RelionPikaTransport):
+            log.warning("transport %s is not %s: a message without headers will end this "
+                        "service", type(self._transport).__name__, TRANSPORT_NAME)
+        self._transport.subscribe(PROCESSING_RECIPE, self.on_request, acknowledgement=True,
+                                  disable_mangling=True)
+        log.info("%s (pid %s): recipes from %s", READY_TEXT, os.getpid(), self.recipes.folder)
+
+    def in_shutdown(self):
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+    def _stored_recipe(self, pjid: int) -> str | None:
+        with Session(self.engine) as db:
+            return dispatch.stored_recipe(db, pjid)
+
+    def on_request(self, header: Mapping, body: bytes) -> None:
+        """One delivery on ``processing_recipe``; never raises."""
+        try:
+            request = parse_request(body)
+            names = recipes_for(request, self._stored_recipe)
+            recipe = self.recipes.build(names, request.parameters)
+        except Exception as exc:  # noqa: BLE001 - every refusal is a dead letter
+            return self._dead_letter(header, describe(exc))
+        try:
+            start_recipe(self._transport, header, recipe, request.parameters["guid"])
+        except Exception as exc:  # noqa: BLE001
+            return self._dead_letter(header, f"could not start the recipe: {describe(exc)}")
+        log.info("processing job %s: recipe %s started (%s)", request.job_id,
+                 "+".join(names), request.parameters["guid"])
+
+    def _dead_letter(self, header: Mapping, reason: str) -> None:
+        log.error("request %s refused, sent to %s: %s", header.get("message-id"),
+                  dead_letter_queue(PROCESSING_RECIPE), reason)
+        try:
+            self._transport.nack(header, requeue=False)
+        except Exception as exc:  # noqa: BLE001 - the broker connection is going away
+            log.error("request %s could not be rejected: %s", header.get("message-id"),
+                      describe(exc))
