@@ -2,14 +2,16 @@
 
 Queues (all durable quorum queues, so a message survives a broker restart):
 
-- ``processing_recipe``: zocalo's Dispatcher reads it; ``zocalo.go`` and ``relion-zo start``
-  write ``{"recipes": ["relion"], "parameters": {"ispyb_process": PJID}}`` to it;
+- ``processing_recipe``: ``relion-zo dispatcher`` (or zocalo's Dispatcher) reads it; the web
+  UIs write ``{"parameters": {"ispyb_process": PJID}}`` to it, and ``zocalo.go -r relion`` and
+  ``relion-zo start`` write ``{"recipes": ["relion"], "parameters": {"ispyb_process": PJID}}``;
 - ``relion``: recipe steps that run the wrapper, read by ``relion-zo worker``;
 - ``relion.stop``: recipe steps that stop a job, read by ``relion-zo worker``.
 
-Each has a dead-letter queue ``dlq.<name>``: a message a consumer rejects goes there at once,
-and one that keeps coming back (a consumer that nacks it with requeue, or dies holding it)
-goes there after ``DELIVERY_LIMIT`` deliveries instead of looping forever.
+Each has a dead-letter queue ``dlq.<name>``: a message a consumer rejects goes there at once
+(relion_zo's services reject every message they cannot use, without requeue), and one that
+keeps coming back (a consumer that nacks it with requeue, or dies holding it) goes there after
+``DELIVERY_LIMIT`` deliveries instead of looping forever.
 
 Nothing here connects at import time.
 """
@@ -57,10 +59,18 @@ def queue_arguments(queue: str) -> dict:
 
 def rabbitmq_settings(zocalo_config: Path) -> dict:
     """The ``plugin: pika`` section of a zocalo configuration file."""
+    from relion_zo.db import warn_if_readable_by_others
+
     try:
-        data = yaml.safe_load(Path(zocalo_config).read_text()) or {}
+        data = yaml.safe_load(Path(zocalo_config).read_text(encoding="utf-8")) or {}
     except OSError as exc:
-        raise BrokerError(f"cannot read zocalo configuration {zocalo_config}: {exc.strerror}")
+        raise BrokerError(f"cannot read zocalo configuration {zocalo_config}: {exc.strerror}"
+                          ) from None
+    except (UnicodeDecodeError, yaml.YAMLError):
+        raise BrokerError(f"zocalo configuration {zocalo_config} is not valid YAML") from None
+    warn_if_readable_by_others(zocalo_config, "zocalo configuration")
+    if not isinstance(data, dict):
+        raise BrokerError(f"zocalo configuration {zocalo_config} must be a mapping")
     for section in data.values():
         if isinstance(section, dict) and section.get("plugin") == "pika":
             return section
@@ -129,13 +139,16 @@ def consumers(zocalo_config: Path, queue: str) -> int:
         return channel.queue_declare(queue, passive=True).method.consumer_count
 
 
-def publish_raw(zocalo_config: Path, queue: str, body: bytes) -> None:
-    """One persistent message, exactly as given (tests and operators' repairs)."""
+def publish_raw(
+    zocalo_config: Path, queue: str, body: bytes, headers: dict | None = None
+) -> None:
+    """One persistent message, exactly as given (tests and operators' repairs). With
+    ``headers=None`` it has no headers table at all, as most AMQP clients send it."""
     with _channel(zocalo_config) as channel:
         channel.basic_publish(
             "", queue, body,
-            # workflows' PikaTransport (3.3) fails on a message without a headers table
-            pika.BasicProperties(delivery_mode=2, content_type="application/json", headers={}),
+            pika.BasicProperties(delivery_mode=2, content_type="application/json",
+                                 headers=headers),
         )
 
 

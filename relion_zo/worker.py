@@ -3,7 +3,8 @@
 The logic lives in ``Supervisor``, a plain class whose side effects come in as arguments
 (database engine, site file, how to start a child, how to acknowledge or reject a delivery),
 so tests drive it without a broker. ``RelionWorker`` is the thin ``workflows`` service that
-connects it to RabbitMQ; zocalo starts it as ``zocalo.service -s RelionWorker``.
+connects it to RabbitMQ; zocalo starts it as ``zocalo.service -s RelionWorker -t
+RelionPikaTransport`` (what ``relion-zo worker`` runs).
 
 Delivery rules (one delivery = one message on ``relion`` or ``relion.stop``):
 
@@ -14,25 +15,33 @@ Delivery rules (one delivery = one message on ``relion`` or ``relion.stop``):
   died): nothing is started again. The delivery is held until the job is final — or lost,
   which the worker then finalises as a failure — and acked;
 - a child that ends without writing a final status gets one from the supervisor (failure);
-- a malformed or unknown job id is rejected without requeue: it goes to the dead-letter queue
-  with the reason in the log;
+- a delivery the worker cannot use is rejected without requeue at once, so it goes to the
+  queue's dead-letter queue, with the reason as one log line: a body that is not JSON, a
+  ``workflows-recipe`` header with no or a broken recipe, no or a malformed ``ispyb_process``,
+  a job ISPyB does not know (for a run and for a stop alike). Any other exception while a
+  delivery is handled is caught the same way (a delivery already held is left to the poll);
 - a stop follows ``control.stop_job``; a job still setting up is tried again each poll until it
-  has its RUNNING file or is final.
+  has its RUNNING file or is final (at most ``STOP_RETRY_SECONDS``).
+
+The service subscribes without workflows' recipe unwrapping (``read_delivery`` does it, and
+refuses what it cannot read) and runs on ``relion_zo.transport.RelionPikaTransport``, which
+survives messages without headers.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine
 import workflows.recipe
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from workflows.services.common_service import CommonService
 
@@ -44,10 +53,20 @@ from relion_zo.dispatch import step_job_id
 from relion_zo.errors import NotFoundError, RelionZoError
 from relion_zo.relion_it.driver import end_relion_in
 from relion_zo.runner import environment_text
+from relion_zo.transport import (
+    TRANSPORT_NAME,
+    RelionPikaTransport,
+    Unusable,
+    decode_body,
+    describe,
+    is_recipe_message,
+    json_kind,
+)
 
 log = logging.getLogger(__name__)
 
 STOP_RETRY_SECONDS = 60.0
+STOP_PREFETCH = 10
 
 
 @dataclass
@@ -60,6 +79,7 @@ class Held:
     program: int | None = None
     child: Any = None
     since: float = field(default_factory=time.monotonic)
+    last_error: str | None = None
 
 
 def spawn_child(pjid: int, program: int) -> subprocess.Popen:
@@ -68,6 +88,26 @@ def spawn_child(pjid: int, program: int) -> subprocess.Popen:
         [sys.executable, "-m", "relion_zo.child", str(pjid), str(program), str(os.getpid())],
         stdin=subprocess.DEVNULL,
     )
+
+
+def read_delivery(header: Mapping[str, Any], body: bytes | str) -> tuple[dict | None, Any]:
+    """A delivery as (recipe step, payload): the step is ``None`` for a plain message (its
+    whole body is the payload). ``Unusable`` when the body is not JSON or the headers say
+    recipe and there is no usable one."""
+    message = decode_body(body)
+    if not is_recipe_message(header):
+        return None, message
+    if not isinstance(message, dict):
+        raise Unusable(f"a recipe message must be a JSON object, not a JSON {json_kind(message)}")
+    if "recipe" not in message:
+        raise Unusable("the message has a workflows-recipe header but no recipe")
+    try:
+        step = workflows.recipe.RecipeWrapper(message=message).recipe_step
+    except Exception as exc:  # noqa: BLE001 - whatever a broken recipe raises
+        raise Unusable(f"the recipe is broken ({describe(exc)})") from None
+    if not isinstance(step, dict):
+        raise Unusable(f"the recipe step is a JSON {json_kind(step)}, not an object")
+    return step, message.get("payload")
 
 
 class Supervisor:
@@ -86,8 +126,25 @@ class Supervisor:
         self.reject = reject
         self.spawn = spawn
         self.held: list[Held] = []
+        # Explicit registries: what a delivery of each kind does, how each held one is polled.
+        self._handlers = {"run": self.on_run, "stop": self.on_stop}
+        self._pollers = {"run": self._poll_run, "watch": self._poll_watch,
+                         "stop": self._poll_stop}
 
     # ---------------------------------------------------------------- deliveries
+    def deliver(self, kind: str, token: Any, header: Mapping[str, Any], body: Any) -> None:
+        """One delivery on the run (``kind`` "run") or stop queue; never raises. What cannot
+        be used is rejected at once, with the reason in the log as one line."""
+        try:
+            step, message = read_delivery(header, body)
+            self._handlers[kind](token, step, message)
+        except Exception as exc:  # noqa: BLE001 - no delivery may end the worker
+            if self._holds(token):
+                log.error("%s message: %s (the delivery stays held)", kind, describe(exc))
+            else:
+                self._refuse(token, f"{kind} message rejected: {describe(exc)}")
+        self.poll()
+
     def on_run(self, token: Any, step: dict | None, message: Any = None) -> None:
         pjid = self._job_id(token, step, message, "run")
         if pjid is None:
@@ -96,7 +153,7 @@ class Supervisor:
             try:
                 state = control.job_state(db, self.config, pjid)
             except NotFoundError as exc:
-                return self._refuse(token, str(exc))
+                return self._refuse(token, f"run message rejected: {exc}")
             db.rollback()
             if state.state == "submitted":
                 program = programs.claim(
@@ -105,19 +162,32 @@ class Supervisor:
                 )
                 if program is not None:
                     log.info("job %s: program %s claimed, starting the wrapper", pjid, program)
-                    child = self.spawn(pjid, program)
+                    child = self._start(db, pjid, program)
                     self.held.append(Held(token, "run", pjid, program, child))
                     return
             log.info("job %s is already %s; not starting it again", pjid, state.state)
             self.held.append(Held(token, "watch", pjid, state.auto_proc_program_id))
-        self.poll()
+
+    def _start(self, db: Session, pjid: int, program: int) -> Any:
+        """The child for a claimed program; if it cannot start, the program records why."""
+        try:
+            return self.spawn(pjid, program)
+        except Exception as exc:
+            message = f"the worker could not start the wrapper: {describe(exc)}"
+            if programs.finish(db, program, success=False, message=message):
+                programs.add_message(db, program, "ERROR", message)
+            raise
 
     def on_stop(self, token: Any, step: dict | None, message: Any = None) -> None:
         pjid = self._job_id(token, step, message, "stop")
         if pjid is None:
             return
+        with Session(self.engine) as db:
+            try:
+                control.job_state(db, self.config, pjid)
+            except NotFoundError as exc:
+                return self._refuse(token, f"stop message rejected: {exc}")
         self.held.append(Held(token, "stop", pjid))
-        self.poll()
 
     def _job_id(self, token: Any, step, message, what: str) -> int | None:
         try:
@@ -126,22 +196,39 @@ class Supervisor:
             self._refuse(token, f"{what} message rejected: {exc}")
             return None
 
+    def _holds(self, token: Any) -> bool:
+        return any(held.token is token for held in self.held)
+
     def _refuse(self, token: Any, reason: str) -> None:
         log.error("%s; sent to the dead-letter queue", reason)
-        self.reject(token)
+        self._settle(self.reject, token)
+
+    def _settle(self, how: Callable[[Any], None], token: Any) -> None:
+        try:
+            how(token)
+        except Exception as exc:  # noqa: BLE001 - the broker connection is going away
+            log.error("could not settle a delivery: %s", describe(exc))
 
     # ---------------------------------------------------------------- the loop
     def poll(self) -> None:
-        """Settle what can be settled; called between messages and on a timer."""
+        """Settle what can be settled; called after each delivery and on a timer."""
         for held in list(self.held):
             try:
-                settled = getattr(self, f"_poll_{held.kind}")(held)
-            except Exception:  # noqa: BLE001 - a database hiccup: try again next poll
-                log.exception("job %s: checking its %s failed", held.pjid, held.kind)
+                settled = self._pollers[held.kind](held)
+            except NotFoundError as exc:  # the job's rows are gone: nothing to wait for
+                self.held.remove(held)
+                self._refuse(held.token, f"job {held.pjid}: {exc}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - a database hiccup: try again next poll
+                reason = describe(exc)
+                if reason != held.last_error:
+                    log.error("job %s: checking its %s failed (tried again): %s",
+                              held.pjid, held.kind, reason)
+                    held.last_error = reason
                 continue
             if settled:
                 self.held.remove(held)
-                self.ack(held.token)
+                self._settle(self.ack, held.token)
 
     def _poll_run(self, held: Held) -> bool:
         code = held.child.poll()
@@ -177,7 +264,8 @@ class Supervisor:
             if state.state == "lost":
                 control.close_lost(db, self.config, state, "finalised by a worker")
                 return False  # settled on the next poll, once the status reads final
-            if state.state == "queued" and time.monotonic() - held.since > self.config.stale_seconds:
+            waited = time.monotonic() - held.since
+            if state.state == "queued" and waited > self.config.stale_seconds:
                 programs.finish(db, state.auto_proc_program_id, success=False,
                                 message="queued but never started (its worker died?)")
             return False
@@ -207,23 +295,18 @@ class RelionWorker(CommonService):
             ack=lambda header: self._transport.ack(header),
             reject=lambda header: self._transport.nack(header, requeue=False),
         )
-        workflows.recipe.wrap_subscribe(
-            self._transport, RUN_QUEUE, self.on_run, acknowledgement=True,
-            allow_non_recipe_messages=True, prefetch_count=config.worker_jobs,
-        )
-        workflows.recipe.wrap_subscribe(
-            self._transport, STOP_QUEUE, self.on_stop, acknowledgement=True,
-            allow_non_recipe_messages=True, prefetch_count=10,
-        )
+        if not isinstance(self._transport, RelionPikaTransport):
+            log.warning("transport %s is not %s: a message without headers will end this "
+                        "service", type(self._transport).__name__, TRANSPORT_NAME)
+        for kind, queue, prefetch in (("run", RUN_QUEUE, config.worker_jobs),
+                                      ("stop", STOP_QUEUE, STOP_PREFETCH)):
+            # Raw bodies: read_delivery decodes them and refuses what it cannot read.
+            self._transport.subscribe(
+                queue, functools.partial(self._on_delivery, kind), acknowledgement=True,
+                prefetch_count=prefetch, disable_mangling=True,
+            )
         self._register_idle(0.2, self.supervisor.poll)
         log.info("worker %s ready: up to %d jobs at once", os.getpid(), config.worker_jobs)
 
-    def on_run(self, rw, header, message):
-        self.supervisor.on_run(header, _step(rw), message)
-
-    def on_stop(self, rw, header, message):
-        self.supervisor.on_stop(header, _step(rw), message)
-
-
-def _step(rw) -> dict | None:
-    return rw.recipe_step if rw is not None else None
+    def _on_delivery(self, kind: str, header: Mapping[str, Any], body: bytes) -> None:
+        self.supervisor.deliver(kind, header, header, body)

@@ -22,13 +22,6 @@ class Services(LocalServices):
         self.log_files.append(self.procs[-1][2])
         return proc
 
-    def worker(self, jobs: int | None = None):
-        if jobs:
-            text = self.site_file.read_text() + f"\nworker_jobs: {jobs}\n"
-            self.site_file = self.site_file.with_name(f"site-{jobs}-jobs.yaml")
-            self.site_file.write_text(text)
-        return super().worker()
-
     def alive(self) -> bool:
         return all(proc.poll() is None for _, proc, _ in self.procs)
 

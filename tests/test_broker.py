@@ -1,5 +1,5 @@
-"""Start, Stop, Restart and Reprocess through the real RabbitMQ, zocalo's Dispatcher and
-relion_zo workers (separate processes), with real RELION and MariaDB."""
+"""Start, Stop, Restart and Reprocess through the real RabbitMQ, relion_zo's dispatcher and
+workers (separate processes), with real RELION and MariaDB."""
 
 from __future__ import annotations
 
@@ -39,14 +39,30 @@ def services(tmp_path, site, stack_settings):
     broker.purge(zocalo, all_queues)
 
 
+def use_site(services, tmp_path, stack_settings, name: str, **overrides):
+    """A site file with ``overrides`` for the services started from now on."""
+    site = site_config(tmp_path, stack_settings, **overrides)
+    services.site_file = write_site_file(site, tmp_path / f"site-{name}.yaml")
+    return site
+
+
 def with_idle(services, tmp_path, stack_settings, idle_seconds: float, workers: int = 1):
-    """A site whose jobs end ``idle_seconds`` after their last movie, with a Dispatcher and
+    """A site whose jobs end ``idle_seconds`` after their last movie, with a dispatcher and
     ``workers`` workers using it."""
-    site = site_config(tmp_path, stack_settings, idle_seconds=idle_seconds)
-    services.site_file = write_site_file(site, tmp_path / f"site-idle-{idle_seconds:g}.yaml")
+    site = use_site(services, tmp_path, stack_settings, f"idle-{idle_seconds:g}",
+                    idle_seconds=idle_seconds)
     services.dispatcher()
     started = [services.worker() for _ in range(workers)]
     return site, started
+
+
+def with_worker_jobs(services, tmp_path, stack_settings, jobs: int):
+    """A dispatcher and one worker that runs ``jobs`` jobs at once."""
+    site = use_site(services, tmp_path, stack_settings, f"{jobs}-jobs", idle_seconds=0,
+                    worker_jobs=jobs)
+    services.dispatcher()
+    services.worker()
+    return site
 
 
 def wait_state(engine, site, pjid, states, limit=LIMIT):
@@ -103,9 +119,9 @@ def test_zocalo_go_reaches_a_run(engine, site, live_visits, services):
     assert wait_state(engine, site, pjid, {"success", "failure"}).state == "success"
 
 
-def test_the_same_message_twice_runs_once(engine, site, live_visits, services):
-    services.dispatcher()
-    services.worker(jobs=2)
+def test_the_same_message_twice_runs_once(engine, tmp_path, stack_settings, live_visits,
+                                          services):
+    site = with_worker_jobs(services, tmp_path, stack_settings, 2)
     live = live_visits(site)
     pjid = start_cli(services, live)  # one message ...
     broker.send(services.zocalo, [broker.recipe_message("relion", pjid)])  # ... and a double click
@@ -181,9 +197,8 @@ def test_restart_and_reprocess(engine, tmp_path, stack_settings, live_visits, se
     assert parameters(engine, again)["motioncor_bfactor"] == "200.0"
 
 
-def test_bulk_reprocess_is_resumable(engine, site, live_visits, services, tmp_path):
-    services.dispatcher()
-    services.worker(jobs=2)
+def test_bulk_reprocess_is_resumable(engine, live_visits, services, tmp_path, stack_settings):
+    site = with_worker_jobs(services, tmp_path, stack_settings, 2)
     visits = [live_visits(site) for _ in range(2)]
     firsts = [start_cli(services, v) for v in visits]
     for pjid in firsts:
