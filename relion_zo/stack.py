@@ -3,7 +3,8 @@ processes in a private folder, bound to loopback, for the demo and the tests.
 
 ``up`` is idempotent: it starts what is not running, waits until each server answers, creates
 the ISPyB database, its user and its tables (from the ``ispyb`` package's ORM models) once, and
-writes the credentials files. ``down`` stops both by pid and leaves nothing running. A facility
+writes the credentials files. RabbitMQ has one user, relion_zo's (its ``guest`` administrator is
+deleted). ``down`` stops both by pid and leaves nothing running. A facility
 points its site file at its real servers instead and never calls this module.
 """
 
@@ -34,7 +35,7 @@ DB_USER = "relion_zo"
 MQ_USER = "relion_zo"
 START_TIMEOUT = 90.0
 CONSUMER_TIMEOUT_MS = 7 * 24 * 3600 * 1000
-# The recipes of this checkout: zocalo's Dispatcher loads "relion" and "relion-stop" from here.
+# The recipes of this checkout: relion_zo's dispatcher loads "relion" and "relion-stop" from here.
 RECIPE_DIRECTORY = Path(__file__).resolve().parent.parent / "wrappers"
 
 
@@ -308,8 +309,10 @@ def _start_rabbitmq(settings: StackSettings, password: str) -> None:
         _write_private(cookie, secrets.token_hex(20))
         cookie.chmod(0o400)
     (home / "enabled_plugins").write_text("[].\n")
+    # RabbitMQ's guest user is deleted once the server is up (``_remove_guest``); nothing here
+    # widens where users may connect from (no ``loopback_users = none``).
     (home / "rabbitmq.conf").write_text(
-        "listeners.tcp.default = 127.0.0.1:%d\nloopback_users = none\n"
+        "listeners.tcp.default = 127.0.0.1:%d\n"
         # A worker holds a run's message unacknowledged until the run ends (prefetch is its
         # limit on concurrent jobs); RELION sessions last hours, RabbitMQ's default is 30 min.
         "consumer_timeout = %d\n" % (settings.rabbitmq_port, CONSUMER_TIMEOUT_MS)
@@ -342,6 +345,19 @@ def _start_rabbitmq(settings: StackSettings, password: str) -> None:
     else:
         _check(_ctl(settings, "change_password", MQ_USER, password), "change_password")
     _check(_ctl(settings, "set_permissions", "-p", "/", MQ_USER, ".*", ".*", ".*"), "permissions")
+    _remove_guest(settings)
+
+
+def _remove_guest(settings: StackSettings) -> None:
+    """Delete RabbitMQ's default administrator ``guest`` (idempotent): otherwise any local
+    user could publish to or purge every queue with the well-known password."""
+    result = _ctl(settings, "delete_user", "guest")
+    if result.returncode != 0 and "does not exist" not in result.stderr + result.stdout:
+        _check(result, "delete_user guest")
+
+
+def _has_guest(settings: StackSettings) -> bool:
+    return "guest" in _ctl(settings, "list_users", "--quiet").stdout.split()
 
 
 def queue_counts(settings: StackSettings) -> dict[str, tuple[int, int]]:
@@ -422,6 +438,8 @@ def up(settings: StackSettings) -> dict:
     if not _rabbit_running(settings):
         log.info("starting RabbitMQ on 127.0.0.1:%s", settings.rabbitmq_port)
         _start_rabbitmq(settings, passwords["rabbitmq"])
+    elif _has_guest(settings):  # a server started before guest was removed at start
+        _remove_guest(settings)
     _write_zocalo_config(settings, passwords["rabbitmq"])  # cheap; keeps it current
     from relion_zo import broker
 
