@@ -64,7 +64,16 @@ class SiteConfig(BaseModel):
         default=120.0, ge=0, le=DAY,
         description="how long a movie may stay incomplete before the job fails naming it",
     )
+    stall_seconds: float = Field(
+        default=1800.0, gt=0, le=30 * DAY,
+        description="a job fails, naming the RELION job, when a pass changes no file in its "
+        "job folders for this long (a hung program)",
+    )
     stale_heartbeats: int = Field(default=3, ge=1, le=1000)
+    database_retry_seconds: float = Field(
+        default=900.0, ge=0, le=7 * DAY,
+        description="how long a write is retried through a database outage before giving up",
+    )
     worker_jobs: int = Field(
         default=1, ge=1, le=64, description="jobs one worker runs at once (its prefetch count)"
     )

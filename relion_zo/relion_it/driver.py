@@ -10,6 +10,14 @@ function with a return value.
   ``RUNNING_PIPELINER_*`` file removed;
 - a RELION job process that dies without writing ``RELION_JOB_EXIT_SUCCESS``/``_FAILURE`` is
   noticed (the pipeliner would wait for it forever) and fails the run;
+- a pass whose job folders do not change for ``stall_seconds`` (a hung program) fails the run,
+  naming the job;
+- however a pass ends (stop, failure, stall), nothing it started outlives it: the pipeliner's
+  process group and every process working in the project that carries the project's mark in
+  its environment (``RELION_ZO_PROJECT``, inherited by everything RELION starts, MPI ranks in
+  process groups or sessions of their own included) are sent SIGTERM, then SIGKILL;
+- a failure on a full disk says so and names the project (RELION's own error is often empty),
+  and so does a write of the driver's own that fails for want of space;
 - the run ends by itself when no new movie has arrived for ``idle_seconds`` and every movie on
   disk has been through every stage.
 
@@ -18,12 +26,13 @@ No ``sys.exit``, no ``os.chdir``, no globals, no shell: argument lists with ``cw
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +44,13 @@ from relion_zo.relion_it.stages import JobRef, Stage
 log = logging.getLogger(__name__)
 
 SCHEDULE = "PREPROCESS"
+PROJECT_MARKER = "RELION_ZO_PROJECT"  # in the environment of every process a run starts
+STALL_SCAN_SECONDS = 5.0  # at most this long between two looks at a pass's job folders
+KILL_GRACE_SECONDS = 1.0  # between SIGTERM and SIGKILL
+# A file system is (nearly) full when less than this is free, or less than the fraction of its
+# size for a small one.
+NEARLY_FULL_BYTES = 64 * 2**20
+NEARLY_FULL_FRACTION = 0.05
 
 
 @dataclass
@@ -79,6 +95,9 @@ class DriverSettings:
     # Checks each movie before a pass may import it (None: no checks, RELION takes the glob).
     movie_checker: MovieChecker | None = None
     movie_wait_seconds: float = 120.0  # how long an incomplete movie may stay incomplete
+    # A pass whose job folders change in no way for this long fails, naming the job it waits
+    # for (a hung program); None: never.
+    stall_seconds: float | None = 1800.0
 
 
 class _Stopped(Exception):
@@ -121,43 +140,239 @@ def kill_group(pgid: int, grace: float = 1.0) -> None:
 
 
 def processes_in(folder: Path, name: str = "") -> list[int]:
-    """Live processes whose working directory is ``folder`` (RELION's run in the project),
-    and whose name starts with ``name``."""
+    """Live processes whose working directory is ``folder`` or inside it (RELION's run in the
+    project), and whose name starts with ``name``."""
     target = str(Path(folder).resolve())
     found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if os.readlink(f"/proc/{entry.name}/cwd") != target:
-                    continue
-                with open(f"/proc/{entry.name}/comm") as handle:
-                    if handle.read().startswith(name):
-                        found.append(int(entry.name))
-            except OSError:
+    for pid in _pids():
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            if cwd != target and not cwd.startswith(target + "/"):
                 continue
+            with open(f"/proc/{pid}/comm") as handle:
+                if handle.read().startswith(name):
+                    found.append(pid)
+        except OSError:
+            continue
     return found
 
 
-def end_relion_in(project: Path) -> int:
-    """End what a run that died left behind in ``project``: the process groups of every process
-    working there, and the RUNNING files. Returns how many process groups were ended."""
-    groups = set()
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit()]
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the name (state first); None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] != "Z"
+
+
+def project_mark(project: Path) -> str:
+    """The value of ``RELION_ZO_PROJECT`` that a run in ``project`` gives what it starts."""
+    return str(Path(project).resolve())
+
+
+def started_for(project: Path) -> list[int]:
+    """Live processes a run in ``project`` started, whatever their process group or session:
+    those working in the project (as RELION's programs and MPI ranks do) that carry the mark
+    in their environment. A person's shell in the project has no mark and is left alone."""
+    mark = f"{PROJECT_MARKER}={project_mark(project)}".encode("utf-8", "surrogateescape")
+    found = []
     for pid in processes_in(project):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                if mark in handle.read().split(b"\0"):
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _protected() -> tuple[set[int], set[int]]:
+    """This process and its ancestors, and their process groups: never signalled."""
+    pids: set[int] = set()
+    pid = os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        fields = _stat_fields(pid)
+        pid = int(fields[1]) if fields and len(fields) > 1 else 0
+    groups = {os.getpgrp()}
+    for pid in pids:
+        try:
+            groups.add(os.getpgid(pid))
+        except OSError:
+            continue
+    return pids, groups
+
+
+def end_processes(pids: Iterable[int], groups: Iterable[int] = (),
+                  grace: float = KILL_GRACE_SECONDS) -> None:
+    """SIGTERM the processes ``pids`` and the process groups ``groups``, then SIGKILL what is
+    left after ``grace`` seconds. Never this process, its ancestors or their groups."""
+    own_pids, own_groups = _protected()
+    pids = {pid for pid in pids if pid > 1 and pid not in own_pids}
+    groups = {pgid for pgid in groups if pgid > 1 and pgid not in own_groups}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pgid in groups:
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                continue
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                continue
+        deadline = time.monotonic() + grace
+        while True:
+            pids = {pid for pid in pids if _alive(pid)}
+            groups = {pgid for pgid in groups if group_members(pgid)}
+            if not pids and not groups:
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+
+
+def end_relion_in(project: Path) -> int:
+    """End what a run in ``project`` left behind: every process it started (``started_for``)
+    with its process group, and the RUNNING files. Never this process, its ancestors or their
+    process groups. Returns how many processes were found."""
+    pids = set(started_for(project))
+    groups = set()
+    for pid in pids:
         try:
             groups.add(os.getpgid(pid))
         except ProcessLookupError:
             continue
-    groups.discard(os.getpgrp())  # never this process's own group
-    for pgid in groups:
-        kill_group(pgid)
+    if pids:
+        end_processes(pids, groups)
     (project / pl.RUNNING_RELION_IT).unlink(missing_ok=True)
     remove_running_pipeliner_files(project)
-    return len(groups)
+    return len(pids)
 
 
 def remove_running_pipeliner_files(project: Path) -> None:
     for path in project.glob(pl.RUNNING_PIPELINER + "*"):
         path.unlink(missing_ok=True)
+
+
+def no_space_reason(path: Path, statvfs: Callable[[Path], os.statvfs_result] = os.statvfs
+                    ) -> str | None:
+    """"no space left on the disk holding <path>" when the file system holding ``path`` is
+    full or nearly so (blocks an ordinary user may take, or inodes); None when it has room or
+    cannot be asked."""
+    try:
+        st = statvfs(path)
+    except OSError:
+        return None
+    size = st.f_blocks * st.f_frsize
+    free = st.f_bavail * st.f_frsize
+    if size and free < min(NEARLY_FULL_BYTES, size * NEARLY_FULL_FRACTION):
+        return f"no space left on the disk holding {path}"
+    if st.f_files and st.f_favail == 0:
+        return f"no free inodes left on the disk holding {path}"
+    return None
+
+
+def write_error_reason(exc: OSError, project: Path) -> str | None:
+    """The message for a write that failed for want of space (ENOSPC, EDQUOT), naming the disk
+    by the project and the file when known; None for any other error."""
+    if exc.errno == errno.ENOSPC:
+        reason = f"no space left on the disk holding {project}"
+    elif exc.errno == errno.EDQUOT:
+        reason = f"disk quota exceeded on the disk holding {project}"
+    else:
+        return None
+    return reason + (f" (writing {exc.filename})" if exc.filename else "")
+
+
+class _FolderWatch:
+    """Tells cheaply whether anything changed in some folders since the last look.
+
+    Each look stats every directory (a file created, removed or renamed changes its folder's
+    time) and the files directly in each folder watched (``run.out``, ``run.err``, the STAR
+    files and the exit files: the ones that grow). A directory is listed again only when its
+    time has changed (or is too recent to trust)."""
+
+    def __init__(self) -> None:
+        self.listed: dict[str, tuple[int, list[str], list[str]]] = {}
+
+    def signature(self, folders: Iterable[Path]) -> tuple:
+        parts: list[tuple] = []
+        for folder in folders:
+            top = str(folder)
+            pending = [top]
+            while pending:
+                path = pending.pop()
+                try:
+                    mtime = os.stat(path).st_mtime_ns
+                except OSError:
+                    parts.append((path, None))
+                    continue
+                parts.append((path, mtime))
+                dirs, files = self._listing(path, mtime)
+                pending.extend(dirs)
+                if path == top:
+                    for name in files:
+                        try:
+                            st = os.stat(name)
+                        except OSError:
+                            continue
+                        parts.append((name, st.st_size, st.st_mtime_ns))
+        return tuple(parts)
+
+    def _listing(self, path: str, mtime: int) -> tuple[list[str], list[str]]:
+        cached = self.listed.get(path)
+        if cached and cached[0] == mtime and time.time_ns() - mtime > 2 * 10**9:
+            return cached[1], cached[2]
+        dirs, files = [], []
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    (dirs if is_dir else files).append(entry.path)
+        except OSError:
+            pass
+        self.listed[path] = (mtime, dirs, files)
+        return dirs, files
+
+
+class _StallWatch:
+    """Notices a pass that makes no progress: its waiting jobs' folders unchanged (see
+    ``_FolderWatch``) and no exit file new for ``limit`` seconds. Looks at most every
+    ``STALL_SCAN_SECONDS`` (sooner for a small limit)."""
+
+    def __init__(self, project: Path, names: list[str], limit: float | None, now: float):
+        self.project, self.names, self.limit = project, names, limit
+        self.every = min(STALL_SCAN_SECONDS, limit / 4) if limit else None
+        self.next_look = now
+        self.last_change = now
+        self.signature: tuple | None = None
+        self.folders = _FolderWatch()
+
+    def stuck(self, now: float) -> str | None:
+        """The job the pass waits for when it has made no progress for ``limit`` s, else None."""
+        if self.every is None or now < self.next_look:
+            return None
+        self.next_look = now + self.every
+        states = [pl.exit_state(self.project, job) for job in self.names]
+        waiting = [job for job, state in zip(self.names, states) if state is None]
+        signature = (tuple(states), self.folders.signature(self.project / job for job in waiting))
+        if signature != self.signature:
+            self.signature, self.last_change = signature, now
+            return None
+        if now - self.last_change < self.limit:
+            return None
+        return waiting[0] if waiting else "relion_pipeliner"
 
 
 def movies_on_disk(project: Path, movie_glob: str) -> int:
@@ -226,6 +441,7 @@ class _Run:
 
     def env(self) -> dict[str, str]:
         env = dict(self.s.env if self.s.env is not None else os.environ)
+        env[PROJECT_MARKER] = project_mark(self.s.project)  # how its leftovers are found
         if os.geteuid() == 0:  # mpirun refuses to start as root without these
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -283,6 +499,7 @@ class _Run:
                                     start_new_session=True)
         pgid = proc.pid
         alone_since: float | None = None
+        stall = _StallWatch(project, names, self.s.stall_seconds, started)
         try:
             while proc.poll() is None:
                 self.check_stop()
@@ -297,18 +514,25 @@ class _Run:
                 elif time.monotonic() - alone_since > self.s.dead_job_seconds:
                     waiting = [j for j in names if pl.exit_state(project, j) is None]
                     if waiting:
-                        job = waiting[0]
-                        raise _Failed(
-                            f"{job} ended without {pl.EXIT_SUCCESS} or {pl.EXIT_FAILURE}: "
-                            f"{pl.job_error(project, job)}"
-                        )
+                        raise _Failed(self.job_failure(
+                            waiting[0], f"ended without {pl.EXIT_SUCCESS} or {pl.EXIT_FAILURE}"))
+                stuck = stall.stuck(time.monotonic())
+                if stuck:
+                    raise _Failed(self.job_failure(
+                        stuck, f"made no progress for {self.s.stall_seconds:g} s "
+                        "(stall_seconds)", with_error=False))
                 limit = self.s.pass_timeout_seconds
                 if limit is not None and time.monotonic() - started > limit:
                     raise _Failed(f"a pipeliner pass took longer than {limit:.0f} s")
                 time.sleep(self.s.poll_seconds)
         finally:
-            if proc.poll() is None or group_members(pgid):
-                kill_group(pgid)
+            # Whatever ended the pass: nothing it started may outlive it (MPI ranks run in
+            # process groups of their own, out of the pipeliner's group's reach).
+            leftovers = set(group_members(pgid)) | set(started_for(project))
+            if proc.poll() is None:
+                leftovers.add(proc.pid)
+            if leftovers:
+                end_processes(leftovers, {pgid})
             proc.wait()
             self.progress.relion_seconds += time.monotonic() - started
             remove_running_pipeliner_files(project)
@@ -317,9 +541,24 @@ class _Run:
         for job in names:
             state = pl.exit_state(project, job)
             if state in ("failure", "aborted"):
-                raise _Failed(f"{job} {state}: {pl.job_error(project, job)}")
+                raise _Failed(self.job_failure(job, state))
         if proc.returncode != 0:
-            raise _Failed(f"relion_pipeliner exited with status {proc.returncode}")
+            what = f"relion_pipeliner exited with status {proc.returncode}"
+            full = no_space_reason(project)
+            raise _Failed(f"{what}: {full}" if full else what)
+
+    def job_failure(self, job: str, what: str, *, with_error: bool = True) -> str:
+        """Why ``job`` failed: ``<job> <what>: <RELION's error>``; on a (nearly) full disk
+        ``<job> failed: no space left on the disk holding <project>``, as RELION often leaves
+        ``run.err`` empty then."""
+        error = pl.job_error(self.s.project, job) if with_error else ""
+        full = no_space_reason(self.s.project)
+        if full:
+            details = [what] if what != "failure" else []
+            if error and error not in ("run.err is empty", "no run.err"):
+                details.append(error)
+            return f"{job} failed: {full}" + (f" ({'; '.join(details)})" if details else "")
+        return f"{job} {what}: {error}" if error else f"{job} {what}"
 
     def all_processed(self) -> bool:
         counts = self.progress.counts
@@ -350,9 +589,9 @@ class _Run:
 
     def run(self) -> DriverResult:
         project = self.s.project
-        pl.ensure_pipeline(project)
-        open_append(project / pl.RUNNING_RELION_IT, "RUNNING_RELION_IT").close()
         try:
+            pl.ensure_pipeline(project)
+            open_append(project / pl.RUNNING_RELION_IT, "RUNNING_RELION_IT").close()
             self.check_stop()
             self.add_jobs()
             self.tick(force=True)
@@ -385,9 +624,13 @@ class _Run:
             return self.result("failed", str(exc))
         except pl.PipelinerError as exc:
             return self.result("failed", str(exc))
+        except OSError as exc:
+            reason = write_error_reason(exc, project)
+            if reason is None:
+                raise
+            return self.result("failed", reason)
         finally:
-            (project / pl.RUNNING_RELION_IT).unlink(missing_ok=True)
-            remove_running_pipeliner_files(project)
+            end_relion_in(project)  # also removes RUNNING_RELION_IT and RUNNING_PIPELINER_*
 
     def finished(self, reason: str) -> DriverResult:
         """Success only when work was done: a run that imported no movie is a failure."""
@@ -399,7 +642,10 @@ class _Run:
 
     def result(self, outcome: str, reason: str) -> DriverResult:
         self.refresh_counts()
-        self.note(f"{outcome}: {reason} ({self.progress.text()})")
+        try:
+            self.note(f"{outcome}: {reason} ({self.progress.text()})")
+        except OSError as exc:  # the run log may be on the disk that is full
+            log.warning("could not note the end of the run (%s): %s", exc, reason)
         return DriverResult(outcome, reason, self.progress, dict(self.jobs))
 
 
@@ -411,5 +657,11 @@ def run_driver(
     note: Callable[[str], None] = log.info,
 ) -> DriverResult:
     """Run preprocessing in ``settings.project`` until it finishes, is stopped, or fails."""
-    settings.project.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.project.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = write_error_reason(exc, settings.project)
+        if reason is None:
+            raise
+        return DriverResult("failed", reason, Progress(), {})
     return _Run(settings, should_stop, on_tick, note).run()
