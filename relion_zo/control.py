@@ -1,17 +1,19 @@
-"""What SynchWeb's Stop and "Stop and restart" buttons and a scientist's reprocess do to jobs,
-as plain functions over a database session and the site configuration.
+"""What the web UIs' Stop and "Stop and restart", a scientist's reprocess and resume, and
+reaping do to jobs, as plain functions over the job manager (or a session, for reads) and the
+site configuration.
 
 Sending messages is not done here: callers pass what to send (or send it themselves), so the
-same functions serve the broker path, ``--local`` and the worker that receives a stop.
+same functions serve the broker path, ``--local`` and the worker that receives a stop. Every
+state change itself is ``relion_zo.manager.JobManager``'s.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -20,22 +22,11 @@ from sqlalchemy.orm import Session
 from ispyb.sqlalchemy import ProcessingJob
 from relion_zo import jobs, programs, project, status
 from relion_zo.config import SiteConfig
-from relion_zo.errors import InputError, NotFoundError
-from relion_zo.relion_it.pipeliner import RUNNING_RELION_IT
+from relion_zo.errors import InputError, NotFoundError, RelionZoError
+from relion_zo.manager import JobManager
+from relion_zo.relion_it.driver import end_relion_in
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StopResult:
-    processing_job_id: int
-    action: str  # "removed", "marked", "pending", "final"
-    message: str
-
-    @property
-    def settled(self) -> bool:
-        """True when nothing more needs doing for this stop."""
-        return self.action != "pending"
 
 
 def job_state(db: Session, config: SiteConfig, pjid: int) -> status.JobStatus:
@@ -45,61 +36,70 @@ def job_state(db: Session, config: SiteConfig, pjid: int) -> status.JobStatus:
     return rows[0]
 
 
-def running_file(db: Session, config: SiteConfig, pjid: int) -> Path:
-    spec = jobs.load_job(db, config, pjid)
-    return project.project_directory(config, spec.visit_directory, pjid) / RUNNING_RELION_IT
+def project_of(manager: JobManager, pjid: int) -> Path:
+    spec = manager.transaction(f"loading job {pjid}", lambda db: jobs.load_job(
+        db, manager.config, pjid))
+    return project.project_directory(manager.config, spec.visit_directory, pjid)
 
 
-def stop_job(db: Session, config: SiteConfig, pjid: int) -> StopResult:
-    """Stop a job whatever its state.
+def end_relion(manager: JobManager, pjid: int) -> int:
+    """End every process left in a job's project and its RUNNING files; how many groups."""
+    try:
+        folder = project_of(manager, pjid)
+    except RelionZoError as exc:  # rows that no longer load: nothing to clean
+        log.warning("job %s: no project to clean up: %s", pjid, exc)
+        return 0
+    ended = end_relion_in(folder) if folder.is_dir() else 0
+    if ended:
+        log.warning("job %s: ended RELION processes left in %s", pjid, folder)
+    return ended
 
-    - submitted: a program is claimed and closed as stopped, so no wrapper ever starts it;
-    - queued: its program is closed as stopped; the wrapper that picks it up finds it final;
-    - running: its ``RUNNING_RELION_IT`` is removed; the wrapper ends RELION and writes
-      ``stopped``. While the wrapper is still setting up there is no file yet: ``pending``,
-      the caller tries again;
-    - lost: closed as stopped (nothing is running any more);
-    - final: nothing to do.
-    """
-    for _ in range(3):  # a claim that loses a race to a worker looks again
-        state = job_state(db, config, pjid)
-        db.rollback()
-        if state.state in status.FINAL_STATES:
-            return StopResult(pjid, "final", f"processing job {pjid} is already {state.state}")
-        if state.state == "submitted":
-            program = programs.claim(db, pjid, command_line="relion-zo stop",
-                                     environment="stopped before it started")
-            if program is None:
-                continue
-            programs.finish_stopped(db, program, "stopped before it started")
-            return StopResult(pjid, "marked", f"processing job {pjid} will not start")
-        if state.state in ("queued", "lost"):
-            detail = "stopped before it started" if state.state == "queued" else (
-                "the job had stopped responding")
-            if programs.finish_stopped(db, state.auto_proc_program_id, detail):
-                return StopResult(pjid, "marked", f"processing job {pjid}: {detail}")
+
+def wrapper_alive(environment: str | None, pjid: int) -> bool | None:
+    """Whether the wrapper recorded in ``processingEnvironment`` (``host=H pid=P ...``) still
+    runs: True/False when it ran on this host, None when it ran elsewhere (or is unknown)."""
+    fields = dict(part.split("=", 1) for part in (environment or "").split() if "=" in part)
+    if fields.get("host") != socket.gethostname() or not fields.get("pid", "").isdigit():
+        return None
+    try:
+        with open(f"/proc/{fields['pid']}/cmdline", "rb") as handle:
+            argv = handle.read().split(b"\0")
+    except OSError:
+        return False
+    joined = b" ".join(argv)
+    ours = b"relion_zo.child" in joined or b"relion-zo" in joined
+    return ours and str(pjid).encode() in argv
+
+
+def reap(
+    manager: JobManager, *, session_id: int | None = None, include_remote: bool = True,
+    skip: Iterable[int] = (), by: str = "reaped",
+) -> list[int]:
+    """Close lost jobs whose wrapper is gone; returns their ids. A wrapper on this host is
+    gone when its process is; one on another host when its heartbeat is stale and
+    ``include_remote`` (a worker says so only once it has itself reached the database for a
+    stale period: its own outage is not the wrapper's death). Should a live remote wrapper be
+    closed all the same, it finds its job final at its next check and ends RELION. What it
+    cannot close it logs and goes on past."""
+    closed = []
+    skipped = set(skip)
+    for job in manager.lost_jobs(session_id):
+        if job.processing_job_id in skipped:
             continue
-        path = running_file(db, config, pjid)
         try:
-            path.unlink()
-        except FileNotFoundError:
-            return StopResult(pjid, "pending",
-                              f"processing job {pjid} is setting up; {path} is not there yet")
-        return StopResult(pjid, "removed", f"processing job {pjid}: removed {path}; it will stop")
-    return StopResult(pjid, "pending", f"processing job {pjid} changed state while stopping")
-
-
-def close_lost(db: Session, config: SiteConfig, job: status.JobStatus, by: str) -> bool:
-    """Record a failure for a lost job (see ``programs.finish_lost``); ``by`` says who."""
-    text = f"lost: no heartbeat since {job.heartbeat:%Y-%m-%d %H:%M:%S} ({by})"
-    return programs.finish_lost(db, job.auto_proc_program_id, config.stale_seconds, text)
-
-
-def reap(db: Session, config: SiteConfig, session_id: int | None = None) -> list[int]:
-    """Close every lost job (of one visit, or all); returns their ids."""
-    lost = status.lost_jobs(db, stale_seconds=config.stale_seconds, session_id=session_id)
-    db.rollback()
-    return [job.processing_job_id for job in lost if close_lost(db, config, job, "reaped")]
+            environment = manager.transaction("wrapper of a lost job", lambda db: (
+                programs.program_row(db, job.auto_proc_program_id).processingEnvironment))
+            alive = wrapper_alive(environment, job.processing_job_id)
+            if alive or (alive is None and not include_remote):
+                continue
+            if alive is False:
+                end_relion(manager, job.processing_job_id)
+            if manager.close_lost(job, by):
+                closed.append(job.processing_job_id)
+                log.warning("job %s: lost (its wrapper is gone), closed", job.processing_job_id)
+        except RelionZoError as exc:
+            log.error("job %s: could not close it: %s", job.processing_job_id, exc)
+    return closed
 
 
 def active_job_of(db: Session, config: SiteConfig, dcid: int) -> status.JobStatus | None:

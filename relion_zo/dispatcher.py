@@ -17,7 +17,9 @@ and nothing else: ``{"parameters": {"ispyb_process": N}}`` (PATo, SynchWeb, ``zo
 and ``{"recipes": ["relion"], "parameters": {"ispyb_process": N}}`` (``zocalo.go -r relion``,
 ``relion-zo start``). Recipes come only from the recipe folder (the zocalo configuration's
 ``zocalo.recipe_directory``): a plain name (``dispatch.check_recipe_name``) whose ``NAME.json``
-is a file directly in that folder. A message's own ``custom_recipe`` is refused.
+is a file directly in that folder. A message's own ``custom_recipe`` is refused. relion_zo's own
+recipes (``relion``, ``relion-stop``) are package data, ``relion_zo/recipes``
+(``packaged_recipe_directory``); a site may name that folder or a copy of its own.
 
 An accepted request's recipe gets its parameters filled in (``Recipe.apply_parameters``, as
 zocalo does) and is started in one broker transaction with the request's acknowledgement, so
@@ -34,13 +36,13 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import workflows
 import workflows.recipe
 from sqlalchemy.orm import Session
-from workflows.services.common_service import CommonService
 
 from relion_zo import dispatch
 from relion_zo.broker import PROCESSING_RECIPE, dead_letter_queue
@@ -96,6 +98,14 @@ def parse_request(body: bytes | str) -> Request:
     if not (isinstance(guid, str) and GUID.fullmatch(guid)):
         guid = str(uuid.uuid4())
     return Request(job_id, tuple(names), {**parameters, "ispyb_process": job_id, "guid": guid})
+
+
+def packaged_recipe_directory() -> Path:
+    """The folder of the recipes installed with relion_zo (package data ``relion_zo/recipes``)."""
+    folder = resources.files("relion_zo") / "recipes"
+    if not isinstance(folder, Path) or not folder.is_dir():
+        raise NotADirectoryError(f"relion_zo's recipes are not a folder on disk: {folder}")
+    return folder
 
 
 class RecipeFolder:
@@ -168,34 +178,34 @@ def start_recipe(transport, header: Mapping, recipe: workflows.recipe.Recipe, gu
 
 # ---------------------------------------------------------------------------- the service
 
-class RelionDispatcher(CommonService):
-    """relion_zo's dispatch service (``zocalo.service -s RelionDispatcher``)."""
+class RelionDispatcher:
+    """relion_zo's dispatch service on ``processing_recipe`` (run by ``relion_zo.serve``)."""
 
-    _service_name = "relion_zo dispatcher"
-    _logger_name = "relion_zo.dispatcher"
+    def __init__(self, recipes: RecipeFolder, engine):
+        self.recipes = recipes
+        self.engine = engine
+        self._transport = None
 
-    def initializing(self):
-        from relion_zo.config import load_config
-        from relion_zo.db import make_engine
+    def subscriptions(self):
+        return [(PROCESSING_RECIPE, 1, self.on_request)]
 
-        site = load_config()
-        storage = getattr(self.config, "storage", None) or {}
-        folder = storage.get("zocalo.recipe_directory")
-        if not folder:
-            raise RuntimeError("the zocalo configuration names no zocalo.recipe_directory")
-        self.recipes = RecipeFolder(folder)
-        self.engine = make_engine(site.credentials_path())
-        if not isinstance(self._transport, RelionPikaTransport):
+    def attach(self, transport) -> None:
+        if not isinstance(transport, RelionPikaTransport):
             log.warning("transport %s is not %s: a message without headers will end this "
-                        "service", type(self._transport).__name__, TRANSPORT_NAME)
-        self._transport.subscribe(PROCESSING_RECIPE, self.on_request, acknowledgement=True,
-                                  disable_mangling=True)
-        log.info("%s (pid %s): recipes from %s", READY_TEXT, os.getpid(), self.recipes.folder)
+                        "service", type(transport).__name__, TRANSPORT_NAME)
+        self._transport = transport
 
-    def in_shutdown(self):
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.dispose()
+    def detach(self) -> None:
+        self._transport = None
+
+    def poll(self) -> None:
+        pass
+
+    def ready_text(self) -> str:
+        return f"{READY_TEXT} (pid {os.getpid()}): recipes from {self.recipes.folder}"
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     def _stored_recipe(self, pjid: int) -> str | None:
         with Session(self.engine) as db:

@@ -1,13 +1,14 @@
-"""The AutoProcProgram writer, following ISPyB's own rules (``upsert_processing_program_v2``).
+"""AutoProcProgram statements, following ISPyB's own rules (``upsert_processing_program_v2``).
 
 - the start time is set once;
 - while a job runs, every update sets ``processingEndTime`` to now: it is the heartbeat;
 - a final status (0 or 1) is written once and never changed: every update below is guarded by
   ``processingStatus IS NULL``, so a late heartbeat or a second finish changes nothing.
 
-Times are the database's ``NOW()``, the same clock the status rules compare against. Each call is
-its own short transaction and commits. Only the columns named here are touched, so a database
-without ``AutoProcProgram.jobUuid`` (schema 5.0) works too.
+Times are the database's ``NOW()``, the same clock the status rules compare against. Only the
+columns named here are touched, so a database without ``AutoProcProgram.jobUuid`` (schema 5.0)
+works too. These functions run inside the caller's transaction and never commit or roll back:
+``relion_zo.manager.JobManager`` owns the transactions and decides the transitions.
 """
 
 from __future__ import annotations
@@ -44,16 +45,10 @@ def clip(text: str | None, length: int) -> str | None:
     return text if len(text) <= length else text[: length - 1] + "…"
 
 
-def _commit(db: Session, stmt, *, key: bool = False) -> int:
-    """Run one statement in its own transaction; the row count, or the new key if ``key``."""
-    try:
-        result = db.execute(stmt)
-        value = result.inserted_primary_key[0] if key else result.rowcount
-        db.commit()
-    except BaseException:
-        db.rollback()
-        raise
-    return value
+def _execute(db: Session, stmt, *, key: bool = False) -> int:
+    """Run one statement in the caller's transaction; the row count, or the new key if ``key``."""
+    result = db.execute(stmt)
+    return result.inserted_primary_key[0] if key else result.rowcount
 
 
 def _new_program(
@@ -83,22 +78,28 @@ def register(
     message: str | None = None,
 ) -> int:
     """A new program for a job: queued (no start time, no status). Returns its id."""
-    return _commit(
+    return _execute(
         db,
         _new_program(processing_job_id, programs, command_line, environment, message),
         key=True,
     )
 
 
-def mark_running(db: Session, program_id: int, message: str | None = "running") -> bool:
-    """Set the start time (once) and the first heartbeat. False when already final."""
+def mark_running(
+    db: Session, program_id: int, message: str | None = "running",
+    environment: str | None = None,
+) -> bool:
+    """Set the start time (once) and the first heartbeat, and where the wrapper runs. False
+    when already final."""
     values = {
         "processingStartTime": func.coalesce(AutoProcProgram.processingStartTime, func.now()),
         "processingEndTime": func.now(),
     }
+    if environment is not None:
+        values["processingEnvironment"] = clip(environment, ENVIRONMENT_LENGTH)
     if message is not None:
         values["processingMessage"] = clip(message, MESSAGE_LENGTH)
-    return bool(_commit(db, _open(program_id).values(**values)))
+    return bool(_execute(db, _open(program_id).values(**values)))
 
 
 def heartbeat(db: Session, program_id: int, message: str | None = None) -> bool:
@@ -106,12 +107,12 @@ def heartbeat(db: Session, program_id: int, message: str | None = None) -> bool:
     values = {"processingEndTime": func.now()}
     if message is not None:
         values["processingMessage"] = clip(message, MESSAGE_LENGTH)
-    return bool(_commit(db, _open(program_id).values(**values)))
+    return bool(_execute(db, _open(program_id).values(**values)))
 
 
 def finish(db: Session, program_id: int, *, success: bool, message: str) -> bool:
     """Write the final status once. Returns False (and changes nothing) if one was written."""
-    written = _commit(
+    written = _execute(
         db,
         _open(program_id).values(
             processingStatus=1 if success else 0,
@@ -136,7 +137,7 @@ def finish_lost(db: Session, program_id: int, stale_seconds: float, message: str
     heartbeat is still older than ``stale_seconds`` (a run that just beat again is left alone).
     The end time keeps the last heartbeat: the last moment the run was known alive."""
     last = func.coalesce(AutoProcProgram.processingEndTime, AutoProcProgram.processingStartTime)
-    written = _commit(
+    written = _execute(
         db,
         _open(program_id)
         .where(
@@ -163,7 +164,7 @@ def attach(
     if file_type not in FILE_TYPES:
         raise ValueError(f"file type {file_type!r} is not one of {FILE_TYPES}")
     path = Path(path)
-    return _commit(
+    return _execute(
         db,
         insert(AutoProcProgramAttachment).values(
             autoProcProgramId=program_id,
@@ -182,7 +183,7 @@ def add_message(
 ) -> int:
     if severity not in SEVERITIES:
         raise ValueError(f"severity {severity!r} is not one of {SEVERITIES}")
-    return _commit(
+    return _execute(
         db,
         insert(AutoProcProgramMessage).values(
             autoProcProgramId=program_id,
@@ -194,13 +195,44 @@ def add_message(
     )
 
 
+STOP_REQUEST = "Stop requested"  # AutoProcProgramMessage.message prefix of a stop request
+
+
+def request_stop(db: Session, program_id: int, by: str) -> bool:
+    """Record a stop request for a running program (once). False when one was recorded."""
+    if stop_requested(db, program_id) is not None:
+        return False
+    add_message(db, program_id, "INFO", f"{STOP_REQUEST} by {by}")
+    return True
+
+
+def stop_requested(db: Session, program_id: int) -> str | None:
+    """The stop request recorded for a program (its message), or None."""
+    return db.execute(
+        select(AutoProcProgramMessage.message)
+        .where(
+            AutoProcProgramMessage.autoProcProgramId == program_id,
+            AutoProcProgramMessage.message.like(STOP_REQUEST + "%"),
+        )
+        .order_by(AutoProcProgramMessage.autoProcProgramMessageId)
+        .limit(1)
+    ).scalar()
+
+
+def program_row(db: Session, program_id: int):
+    """(status, environment, stop request) of one program."""
+    return db.execute(
+        select(AutoProcProgram.processingStatus, AutoProcProgram.processingEnvironment)
+        .where(AutoProcProgram.autoProcProgramId == program_id)
+    ).first()
+
+
 def is_final(db: Session, program_id: int) -> bool:
     status = db.execute(
         select(AutoProcProgram.processingStatus).where(
             AutoProcProgram.autoProcProgramId == program_id
         )
     ).scalar()
-    db.rollback()
     return status is not None
 
 
@@ -228,25 +260,18 @@ def claim(
     same job at the same moment cannot both claim it. Returns the new program's id, or None when
     the job already has a program (queued, running or finished).
     """
-    try:
-        db.execute(
-            select(ProcessingJob.processingJobId)
-            .where(ProcessingJob.processingJobId == processing_job_id)
-            .with_for_update()
-        )
-        existing = db.execute(
-            select(AutoProcProgram.autoProcProgramId)
-            .where(AutoProcProgram.processingJobId == processing_job_id)
-            .limit(1)
-        ).scalar()
-        if existing is not None:
-            db.rollback()
-            return None
-        appid = db.execute(
-            _new_program(processing_job_id, programs, command_line, environment)
-        ).inserted_primary_key[0]
-        db.commit()
-    except BaseException:
-        db.rollback()
-        raise
-    return appid
+    db.execute(
+        select(ProcessingJob.processingJobId)
+        .where(ProcessingJob.processingJobId == processing_job_id)
+        .with_for_update()
+    )
+    existing = db.execute(
+        select(AutoProcProgram.autoProcProgramId)
+        .where(AutoProcProgram.processingJobId == processing_job_id)
+        .limit(1)
+    ).scalar()
+    if existing is not None:
+        return None
+    return db.execute(
+        _new_program(processing_job_id, programs, command_line, environment)
+    ).inserted_primary_key[0]

@@ -1,12 +1,15 @@
 """Run one processing job: load, claim, check, build the project, drive RELION, finish.
 
-``run_job`` is the plain function behind the zocalo wrapper and ``relion-zo run``. Its side
-effects come in as arguments (the database engine, the site configuration, a stop flag and a
-progress callback), so it runs the same under zocalo, from a shell, or in a test.
+``run_job`` is the plain function behind the zocalo wrapper, the worker's wrapper processes and
+``relion-zo run``/``resume``. Its side effects come in as arguments (the database engine, the
+site configuration, a stop flag and a progress callback), so it runs the same under zocalo,
+from a shell, or in a test. Every state change goes through ``relion_zo.manager.JobManager``.
 
-Every path through it that has claimed a program ends with exactly one final status:
-success (1), stopped (1, message ``Stopped by user...``) or failure (0, reason in the message
-and an ``AutoProcProgramMessage`` ERROR row).
+While RELION runs, the wrapper beats every ``heartbeat_seconds`` and asks the manager every
+second whether it must end (a stop requested in ISPyB, or the job closed elsewhere); a database
+outage only skips beats. Every path that has claimed a program ends with exactly one final
+status, an ``Outcome`` (success, stopped, failed, bad input, shutdown, crashed), written with
+retries through an outage.
 """
 
 from __future__ import annotations
@@ -22,16 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import SQLAlchemyError
 
-from relion_zo import __version__, jobs, programs, project
+from relion_zo import __version__, jobs, project
 from relion_zo.config import SiteConfig
-from relion_zo.errors import ForeignJobError, RelionZoError
+from relion_zo.errors import ForeignJobError, InputError, NotFoundError, RelionZoError
+from relion_zo.manager import JobManager, Outcome
 from relion_zo.movies import MovieChecker
 from relion_zo.paths import open_append
 from relion_zo.relion_it import options as options_mod
 from relion_zo.relion_it import pipeliner as pl
-from relion_zo.relion_it.driver import DriverResult, DriverSettings, Progress, run_driver
+from relion_zo.relion_it.driver import (
+    DriverResult,
+    DriverSettings,
+    Progress,
+    run_driver,
+    write_error_reason,
+)
 from relion_zo.relion_it.stages import check_capabilities, stages
 
 log = logging.getLogger(__name__)
@@ -39,17 +49,22 @@ log = logging.getLogger(__name__)
 RUN_LOG = "relion_zo_run.log"
 
 
+STOP_CHECK_SECONDS = 1.0  # how often a running wrapper asks ISPyB whether to stop
+
+
 class StopRequest(threading.Event):
-    """A stop flag with why it was set; ``as_failure`` when the cause is not a user's stop
-    (the worker that started the run died)."""
+    """A stop flag with why it was set and what kind of end it is (an ``Outcome`` kind:
+    "stopped" for a user's stop, "shutdown" for a service manager's SIGTERM, "closed" when the
+    job was closed elsewhere and nothing more is to be written)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reason: str | None = None
-        self.as_failure = False
+        self.kind = "stopped"
 
-    def request(self, reason: str, *, as_failure: bool = False) -> None:
-        self.reason, self.as_failure = reason, as_failure
+    def request(self, reason: str, *, kind: str = "stopped") -> None:
+        if not self.is_set():
+            self.reason, self.kind = reason, kind
         self.set()
 
 
@@ -136,8 +151,53 @@ def prepare_project(
         tick_seconds=min(config.heartbeat_seconds, 5.0),
         movie_checker=MovieChecker([spec.visit_directory]),
         movie_wait_seconds=config.movie_wait_seconds,
+        stall_seconds=config.stall_seconds,
     )
     return folder, settings
+
+
+class _Watch:
+    """The running wrapper's link to ISPyB: beats every ``heartbeat_seconds``, checks every
+    ``STOP_CHECK_SECONDS`` for a stop request or a job closed elsewhere. One attempt each
+    (``beats`` retries nothing): during a database outage beats are skipped and RELION runs on."""
+
+    def __init__(self, beats: JobManager, program: int, stop: StopRequest,
+                 heartbeat_seconds: float, on_progress, note):
+        self.beats, self.program, self.stop = beats, program, stop
+        self.heartbeat_seconds = heartbeat_seconds
+        self.on_progress = on_progress
+        self.note = note
+        self.last_beat = self.last_check = time.monotonic()
+        self.failing = False
+
+    def on_tick(self, progress: Progress) -> None:
+        if self.on_progress:
+            self.on_progress(progress)
+        if time.monotonic() - self.last_beat >= self.heartbeat_seconds:
+            self.last_beat = time.monotonic()
+            self._act(lambda: self.beats.beat(self.program, progress.text()), "heartbeat")
+
+    def should_stop(self) -> bool:
+        if not self.stop.is_set() and time.monotonic() - self.last_check >= STOP_CHECK_SECONDS:
+            self.last_check = time.monotonic()
+            self._act(lambda: self.beats.check(self.program), "stop check")
+        return self.stop.is_set()
+
+    def _act(self, call, what: str) -> None:
+        try:
+            check = call()
+        except (RelionZoError, SQLAlchemyError) as exc:
+            if not self.failing:
+                self.note(f"{what} failed, RELION goes on: {type(exc).__name__}")
+            self.failing = True
+            return
+        if self.failing:
+            self.note(f"{what}s work again")
+            self.failing = False
+        if check.final:
+            self.stop.request("the job was closed while it ran", kind="closed")
+        elif check.stop_request:
+            self.stop.request(check.stop_request)
 
 
 def run_job(
@@ -149,126 +209,122 @@ def run_job(
     on_progress: Callable[[Progress], None] | None = None,
     command_line: str | None = None,
     program_id: int | None = None,
+    resume: bool = False,
 ) -> RunOutcome:
-    """Run job ``processing_job_id`` to its end. Unknown ids raise ``NotFoundError``.
+    """Run job ``processing_job_id`` to its end. Unknown ids raise ``NotFoundError``; a job of
+    another pipeline raises ``ForeignJobError`` and is not touched.
 
     ``program_id``: a program the caller has already claimed for this job (the worker claims
-    before it starts a wrapper process); without it, the run claims one itself.
+    before it starts a wrapper process; ``resume`` makes a new one); without it, the run claims
+    one itself. ``resume``: carry on in the job's own project, reusing RELION's finished work.
     """
     stop = stop or StopRequest()
     note = _RunLog(processing_job_id)
-    with Session(engine, expire_on_commit=False) as db:
-        try:
-            spec = jobs.load_job(db, config, processing_job_id)
-            load_error = None
-        except (jobs.NotFoundError, ForeignJobError):  # not ours to claim or to fail
-            raise
-        except RelionZoError as exc:  # a job that exists but whose stored rows are bad
-            spec, load_error = None, exc
-        program = program_id or programs.claim(
-            db,
-            processing_job_id,
-            command_line=command_line or f"relion-zo run {processing_job_id}",
-            environment=environment_text(),
-        )
-        if program is None:
-            note("the job already has a program; not running it again")
-            return RunOutcome(processing_job_id, None, "skipped", "already has a program")
-        if not programs.mark_running(db, program, "setting up"):
-            note(f"program {program} already has a final status (stopped before it started?)")
-            return RunOutcome(processing_job_id, program, "skipped", "already final")
-        folder: Path | None = None
-        try:
-            if load_error is not None:
-                raise load_error
-            folder, settings = prepare_project(spec, config, note)
-            note.open(folder / RUN_LOG)
-            programs.attach(db, program, folder / options_mod.OPTIONS_FILE, "Input", 1)
-            last_beat = [0.0]
+    manager = JobManager(engine, config)
+    try:
+        spec = manager.transaction(f"loading job {processing_job_id}", lambda db: jobs.load_job(
+            db, config, processing_job_id))
+        load_error = None
+    except (NotFoundError, ForeignJobError):  # not ours to claim or to fail
+        raise
+    except RelionZoError as exc:  # a job that exists but whose stored rows are bad
+        spec, load_error = None, exc
+    program = program_id or manager.claim(
+        processing_job_id,
+        command_line=command_line or f"relion-zo run {processing_job_id}",
+        environment=environment_text(),
+    )
+    if program is None:
+        note("the job already has a program; not running it again")
+        return RunOutcome(processing_job_id, None, "skipped", "already has a program")
+    if not manager.mark_running(program, "setting up", environment_text()):
+        note(f"program {program} already has a final status (stopped before it started?)")
+        return RunOutcome(processing_job_id, program, "skipped", "already final")
+    folder: Path | None = None
+    error: BaseException | None = None
+    try:
+        if load_error is not None:
+            raise load_error
+        folder, settings = prepare_project(spec, config, note, resume=resume)
+        note.open(folder / RUN_LOG)
+        manager.attach(program, folder / options_mod.OPTIONS_FILE, "Input", 1)
+        watch = _Watch(JobManager(engine, config, retry_seconds=0), program, stop,
+                       config.heartbeat_seconds, on_progress, note)
+        result = run_driver(settings, should_stop=watch.should_stop, on_tick=watch.on_tick,
+                            note=note)
+        outcome = _outcome(result, stop, processing_job_id)
+    except InputError as exc:
+        outcome = Outcome("bad_input", str(exc))
+    except RelionZoError as exc:
+        outcome = Outcome("failed", str(exc))
+    except OSError as exc:
+        outcome = Outcome("failed", (folder and write_error_reason(exc, folder))
+                          or _os_error(exc))
+    except KeyboardInterrupt:
+        outcome = Outcome("stopped", "interrupted")
+    except BaseException as exc:  # a bug: recorded, then raised
+        outcome, error = Outcome("crashed", f"{type(exc).__name__}: {exc}", repr(exc)), exc
+    closed = stop.kind == "closed" and stop.is_set()
+    if not closed and not manager.finish(program, outcome):
+        closed = True
+    try:  # the run log is in the project: a full disk must not keep the status unwritten
+        note(f"{outcome.kind}: {outcome.text()}")
+        if closed:
+            note("the job already had a final status (closed elsewhere while it ran); kept it")
+    except OSError as exc:
+        log.warning("job %s: could not write the run log: %s", processing_job_id, exc)
+    if folder is not None:
+        _attach_results(manager, program, folder)
+    if error is not None:
+        raise error
+    state = {"success": "success", "stopped": "stopped"}.get(outcome.kind, "failure")
+    return RunOutcome(processing_job_id, program, state, outcome.text(), folder)
 
-            def on_tick(progress: Progress) -> None:
-                if on_progress:
-                    on_progress(progress)
-                now = time.monotonic()
-                if now - last_beat[0] >= config.heartbeat_seconds:
-                    last_beat[0] = now
-                    try:
-                        programs.heartbeat(db, program, progress.text())
-                    except Exception:  # a database hiccup must not kill the RELION run
-                        log.exception("job %s: heartbeat failed", processing_job_id)
-                        db.rollback()
 
-            result = run_driver(settings, should_stop=stop.is_set, on_tick=on_tick, note=note)
-            return _finish(db, program, processing_job_id, result, folder, stop)
-        except BaseException as exc:
-            reason = str(exc) if isinstance(exc, RelionZoError) else (
-                f"{type(exc).__name__}: {exc}")
-            if isinstance(exc, KeyboardInterrupt):
-                reason = "interrupted"
-            note(f"failed: {reason}")
-            db.rollback()
-            programs.finish(db, program, success=False, message=reason)
-            programs.add_message(db, program, "ERROR", reason, description=repr(exc))
-            if folder is not None:
-                _attach_results(db, program, folder)
-            if isinstance(exc, (RelionZoError, OSError)):
-                return RunOutcome(processing_job_id, program, "failure", reason, folder)
-            raise
+def _os_error(exc: OSError) -> str:
+    """An OSError as a line that names the path (``[Errno 28]`` alone helps no one)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == 28:
+        return f"no space left on the device{where}"
+    return f"{exc.strerror or type(exc).__name__}{where}"
 
 
-def _attach_results(db: Session, program: int, folder: Path) -> None:
+def _attach_results(manager: JobManager, program: int, folder: Path) -> None:
     for name, kind, rank in ((pl.PIPELINE_STAR, "Result", 2), (RUN_LOG, "Log", 3)):
         if (folder / name).exists():
-            programs.attach(db, program, folder / name, kind, rank)
+            manager.attach(program, folder / name, kind, rank)
 
 
-def _finish(
-    db: Session, program: int, pjid: int, result: DriverResult, folder: Path,
-    stop: StopRequest,
-) -> RunOutcome:
+def _outcome(result: DriverResult, stop: StopRequest, pjid: int) -> Outcome:
     summary = result.progress.text()
     if result.outcome == "finished":
-        programs.finish(db, program, success=True, message=summary)
-        state, message = "success", summary
-    elif result.outcome == "stopped" and stop.as_failure:
-        # Not a user's stop: e.g. the worker that started this run died.
-        message = f"{stop.reason}; {summary}"
-        programs.finish(db, program, success=False, message=message)
-        programs.add_message(db, program, "ERROR", message, description=stop.reason)
-        state = "failure"
-    elif result.outcome == "stopped":
-        how = stop.reason or ("interrupted" if stop.is_set() else "RUNNING_RELION_IT removed")
-        message = f"{how}; {summary}"
-        programs.finish_stopped(db, program, message)
-        state, message = "stopped", f"Stopped by user: {message}"
-    else:
-        message = f"{result.reason}"
-        programs.finish(db, program, success=False, message=message)
-        programs.add_message(db, program, "ERROR", message[:200], description=result.reason)
-        state = "failure"
-    _attach_results(db, program, folder)
-    return RunOutcome(pjid, program, state, message, folder)
+        return Outcome("success", summary)
+    if result.outcome == "failed":
+        return Outcome("failed", result.reason)
+    if not stop.is_set():  # the file removed by hand: RELION's own way to stop relion_it
+        return Outcome("stopped", f"{result.reason}; {summary}")
+    if stop.kind == "shutdown":
+        return Outcome("shutdown", f"{stop.reason}; {summary}; continue it with: "
+                       f"relion-zo resume {pjid}")
+    if stop.kind == "stopped":
+        return Outcome("stopped", f"{stop.reason}; {summary}")
+    return Outcome("failed", f"{stop.reason}; {summary}")
 
 
-def run_job_until_signalled(
-    processing_job_id: int, *, parent_pid: int | None = None, **kwargs
-) -> RunOutcome:
-    """``run_job`` with SIGTERM and SIGINT turned into a stop: the driver ends its RELION
-    processes, the final status says which signal stopped it, and the call returns.
-
-    ``parent_pid``: the worker that started this process. A signal that arrives after it died
-    (the child asks the kernel for SIGTERM when its parent dies) ends the run as a failure.
-    """
+def run_job_until_signalled(processing_job_id: int, **kwargs) -> RunOutcome:
+    """``run_job`` with SIGTERM (a service manager's shutdown) and SIGINT (Ctrl-C, a user's
+    stop) turned into a stop: the driver ends its RELION processes, the final status says
+    which, and the call returns."""
     import signal
 
     stop = kwargs.pop("stop", None) or StopRequest()
 
     def handler(signum, frame):
-        if parent_pid is not None and os.getppid() != parent_pid:
-            stop.request(f"the worker (pid {parent_pid}) that ran this job died",
-                         as_failure=True)
+        name = signal.Signals(signum).name
+        if signum == signal.SIGTERM:
+            stop.request(f"{name} received (service shutdown)", kind="shutdown")
         else:
-            stop.request(f"{signal.Signals(signum).name} received")
+            stop.request(f"{name} received")
 
     previous = {}
     if threading.current_thread() is threading.main_thread():

@@ -1,31 +1,26 @@
-"""``relion-zo worker``: consume run and stop messages, run each job in a child process.
+"""``relion-zo worker``: consume run and stop messages, start a wrapper process per job.
 
 The logic lives in ``Supervisor``, a plain class whose side effects come in as arguments
-(database engine, site file, how to start a child, how to acknowledge or reject a delivery),
-so tests drive it without a broker. ``RelionWorker`` is the thin ``workflows`` service that
-connects it to RabbitMQ; zocalo starts it as ``zocalo.service -s RelionWorker -t
-RelionPikaTransport`` (what ``relion-zo worker`` runs).
+(the job manager, how to start a wrapper, how to acknowledge or reject a delivery), so tests
+drive it without a broker; ``relion_zo.serve`` connects it to RabbitMQ in this one process.
 
-Delivery rules (one delivery = one message on ``relion`` or ``relion.stop``):
+A job's life is recorded in ISPyB, not in a broker delivery:
 
-- a run for a ``submitted`` job: claim its AutoProcProgram (committed), start the child, and
-  hold the delivery until the child has ended and the job has a final status; then ack. The
-  prefetch count is therefore the number of jobs a worker runs at once;
-- a run for a job that already has a program (a double click, or a redelivery after a worker
-  died): nothing is started again. The delivery is held until the job is final — or lost,
-  which the worker then finalises as a failure — and acked;
-- a child that ends without writing a final status gets one from the supervisor (failure);
-- a delivery the worker cannot use is rejected without requeue at once, so it goes to the
-  queue's dead-letter queue, with the reason as one log line: a body that is not JSON, a
-  ``workflows-recipe`` header with no or a broken recipe, no or a malformed ``ispyb_process``,
-  a job ISPyB does not know (for a run and for a stop alike). Any other exception while a
-  delivery is handled is caught the same way (a delivery already held is left to the poll);
-- a stop follows ``control.stop_job``; a job still setting up is tried again each poll until it
-  has its RUNNING file or is final (at most ``STOP_RETRY_SECONDS``).
-
-The service subscribes without workflows' recipe unwrapping (``read_delivery`` does it, and
-refuses what it cannot read) and runs on ``relion_zo.transport.RelionPikaTransport``, which
-survives messages without headers.
+- a run for a ``submitted`` job: claim its AutoProcProgram, start the wrapper process (a
+  session of its own, which outlives this worker), then acknowledge at once. The wrapper beats,
+  watches for a stop request and writes its own final status, through RabbitMQ restarts and
+  worker restarts alike. At most ``worker_jobs`` wrappers run from one worker: a further run
+  waits, unacknowledged, until one ends (the prefetch count is 1, so other workers take the rest);
+- a run for a job that already has a program (a double click, a redelivery): acknowledged at
+  once, nothing started;
+- a stop: the request is recorded in ISPyB (``JobManager.request_stop``) and acknowledged;
+- a wrapper that ends without a final status: the worker ends what it left in the project and
+  records ``Wrapper crashed``; a lost job whose wrapper ran on this host and is gone is closed
+  the same way (``Lost``); a lost job of another host only once this worker has reached the
+  database for longer than the stale limit (its own outage is not the wrapper's death);
+- a delivery the worker cannot use is rejected without requeue at once (its dead-letter queue),
+  with the reason as one log line; a delivery that meets a database outage is kept and tried
+  again with backoff for ``database_retry_seconds``, never dead-lettered within a second.
 """
 
 from __future__ import annotations
@@ -41,52 +36,50 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import workflows.recipe
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session
-from workflows.services.common_service import CommonService
+from sqlalchemy.exc import SQLAlchemyError
 
-from relion_zo import control, programs, status
+from relion_zo import control
 from relion_zo.broker import RUN_QUEUE, STOP_QUEUE
-from relion_zo.config import SiteConfig, load_config
-from relion_zo.db import make_engine
 from relion_zo.dispatch import step_job_id
 from relion_zo.errors import NotFoundError, RelionZoError
-from relion_zo.relion_it.driver import end_relion_in
+from relion_zo.manager import JobManager, Outcome
+from relion_zo.retry import DatabaseUnavailable, is_transient
 from relion_zo.runner import environment_text
-from relion_zo.transport import (
-    TRANSPORT_NAME,
-    RelionPikaTransport,
-    Unusable,
-    decode_body,
-    describe,
-    is_recipe_message,
-    json_kind,
-)
+from relion_zo.transport import Unusable, decode_body, describe, is_recipe_message, json_kind
 
 log = logging.getLogger(__name__)
 
-STOP_RETRY_SECONDS = 60.0
+READY_TEXT = "ready: up to"  # logged once the worker consumes its queues
 STOP_PREFETCH = 10
+RETRY_BACKOFF = (1.0, 2.0, 5.0, 10.0)
 
 
 @dataclass
-class Held:
-    """A delivery the worker has not acknowledged yet."""
+class Delivery:
+    """A delivery the worker has not settled yet (waiting for a slot or for the database)."""
 
+    kind: str  # "run" or "stop"
     token: Any
-    kind: str  # "run", "watch" or "stop"
     pjid: int
-    program: int | None = None
-    child: Any = None
     since: float = field(default_factory=time.monotonic)
-    last_error: str | None = None
+    attempts: int = 0
+    next_try: float = 0.0
 
 
-def spawn_child(pjid: int, program: int) -> subprocess.Popen:
-    """The wrapper process for one run (see ``relion_zo.child``)."""
+@dataclass
+class Wrapper:
+    pjid: int
+    program: int
+    process: Any
+
+
+def spawn_wrapper(pjid: int, program: int, env: dict[str, str] | None = None
+                  ) -> subprocess.Popen:
+    """The wrapper process for one run (``relion_zo.child``), in a session of its own, so it
+    outlives this worker and a signal to the worker's process group does not reach it."""
     return subprocess.Popen(
-        [sys.executable, "-m", "relion_zo.child", str(pjid), str(program), str(os.getpid())],
-        stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "relion_zo.child", str(pjid), str(program)],
+        stdin=subprocess.DEVNULL, start_new_session=True, env=env,
     )
 
 
@@ -113,91 +106,110 @@ def read_delivery(header: Mapping[str, Any], body: bytes | str) -> tuple[dict | 
 class Supervisor:
     def __init__(
         self,
-        engine: Engine,
-        config: SiteConfig,
+        manager: JobManager,
         *,
         ack: Callable[[Any], None],
         reject: Callable[[Any], None],
-        spawn: Callable[[int, int], Any] = spawn_child,
+        spawn: Callable[[int, int], Any] = spawn_wrapper,
+        clock: Callable[[], float] = time.monotonic,
     ):
-        self.engine = engine
-        self.config = config
+        self.manager = manager
+        self.config = manager.config
         self.ack = ack
         self.reject = reject
         self.spawn = spawn
-        self.held: list[Held] = []
-        # Explicit registries: what a delivery of each kind does, how each held one is polled.
-        self._handlers = {"run": self.on_run, "stop": self.on_stop}
-        self._pollers = {"run": self._poll_run, "watch": self._poll_watch,
-                         "stop": self._poll_stop}
+        self.clock = clock
+        self.pending: list[Delivery] = []
+        self.wrappers: list[Wrapper] = []
+        self.database_ok_since: float | None = None
+        self.next_reap = 0.0
+        # Explicit registry: what a delivery of each kind does.
+        self._handlers = {"run": self._run, "stop": self._stop}
 
     # ---------------------------------------------------------------- deliveries
     def deliver(self, kind: str, token: Any, header: Mapping[str, Any], body: Any) -> None:
-        """One delivery on the run (``kind`` "run") or stop queue; never raises. What cannot
-        be used is rejected at once, with the reason in the log as one line."""
+        """One delivery on the run (``kind`` "run") or stop queue; never raises."""
         try:
             step, message = read_delivery(header, body)
-            self._handlers[kind](token, step, message)
+            pjid = step_job_id(step, message)
+        except (Unusable, ValueError) as exc:
+            return self._refuse(token, f"{kind} message rejected: {exc}")
         except Exception as exc:  # noqa: BLE001 - no delivery may end the worker
-            if self._holds(token):
-                log.error("%s message: %s (the delivery stays held)", kind, describe(exc))
+            return self._refuse(token, f"{kind} message rejected: {describe(exc)}")
+        self._try(Delivery(kind, token, pjid))
+
+    def _try(self, delivery: Delivery) -> None:
+        """Handle a delivery now, or keep it for later (no free slot, database away)."""
+        try:
+            done = self._handlers[delivery.kind](delivery)
+        except NotFoundError as exc:
+            done = True
+            self._refuse(delivery.token, f"{delivery.kind} message rejected: {exc}")
+        except (RelionZoError, SQLAlchemyError) as exc:
+            if not (isinstance(exc, DatabaseUnavailable)
+                    or isinstance(exc, SQLAlchemyError) and is_transient(exc)):
+                done = True
+                self._refuse(delivery.token, f"{delivery.kind} message for job "
+                             f"{delivery.pjid} rejected: {describe(exc)}")
             else:
-                self._refuse(token, f"{kind} message rejected: {describe(exc)}")
-        self.poll()
+                done = self._later(delivery, describe(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug: never into the service loop
+            done = True
+            self._refuse(delivery.token, f"{delivery.kind} message for job {delivery.pjid} "
+                         f"rejected: {describe(exc)}")
+        if done:
+            if delivery in self.pending:
+                self.pending.remove(delivery)
+        elif delivery not in self.pending:
+            self.pending.append(delivery)
 
-    def on_run(self, token: Any, step: dict | None, message: Any = None) -> None:
-        pjid = self._job_id(token, step, message, "run")
-        if pjid is None:
-            return
-        with Session(self.engine) as db:
-            try:
-                state = control.job_state(db, self.config, pjid)
-            except NotFoundError as exc:
-                return self._refuse(token, f"run message rejected: {exc}")
-            db.rollback()
-            if state.state == "submitted":
-                program = programs.claim(
-                    db, pjid, command_line=f"relion-zo worker (ispyb_process {pjid})",
-                    environment=environment_text(),
-                )
-                if program is not None:
-                    log.info("job %s: program %s claimed, starting the wrapper", pjid, program)
-                    child = self._start(db, pjid, program)
-                    self.held.append(Held(token, "run", pjid, program, child))
-                    return
+    def _later(self, delivery: Delivery, reason: str) -> bool:
+        """A database outage: try again with backoff; give up (dead letter) after the limit."""
+        waited = self.clock() - delivery.since
+        if waited > self.config.database_retry_seconds:
+            self._refuse(delivery.token, f"{delivery.kind} message for job {delivery.pjid}: "
+                         f"the database was unreachable for {waited:.0f} s ({reason})")
+            return True
+        if delivery.attempts == 0:
+            log.warning("job %s: %s message waits for the database (%s)", delivery.pjid,
+                        delivery.kind, reason)
+        delivery.next_try = self.clock() + RETRY_BACKOFF[min(delivery.attempts,
+                                                             len(RETRY_BACKOFF) - 1)]
+        delivery.attempts += 1
+        self.database_ok_since = None
+        return False
+
+    def _run(self, delivery: Delivery) -> bool:
+        pjid = delivery.pjid
+        state = self.manager.state(pjid)
+        if state.state != "submitted":
             log.info("job %s is already %s; not starting it again", pjid, state.state)
-            self.held.append(Held(token, "watch", pjid, state.auto_proc_program_id))
-
-    def _start(self, db: Session, pjid: int, program: int) -> Any:
-        """The child for a claimed program; if it cannot start, the program records why."""
-        try:
-            return self.spawn(pjid, program)
-        except Exception as exc:
-            message = f"the worker could not start the wrapper: {describe(exc)}"
-            if programs.finish(db, program, success=False, message=message):
-                programs.add_message(db, program, "ERROR", message)
-            raise
-
-    def on_stop(self, token: Any, step: dict | None, message: Any = None) -> None:
-        pjid = self._job_id(token, step, message, "stop")
-        if pjid is None:
-            return
-        with Session(self.engine) as db:
+            self._settle(self.ack, delivery.token)
+            return True
+        if len(self.wrappers) >= self.config.worker_jobs:
+            return False  # waits, unacknowledged, for a wrapper to end
+        program = self.manager.claim(pjid, command_line=f"relion-zo worker (ispyb_process {pjid})",
+                                     environment=environment_text())
+        if program is None:
+            log.info("job %s was claimed elsewhere a moment ago", pjid)
+        else:
             try:
-                control.job_state(db, self.config, pjid)
-            except NotFoundError as exc:
-                return self._refuse(token, f"stop message rejected: {exc}")
-        self.held.append(Held(token, "stop", pjid))
+                process = self.spawn(pjid, program)
+            except Exception as exc:
+                self.manager.finish(program, Outcome(
+                    "crashed", f"the worker could not start the wrapper: {describe(exc)}"))
+                raise
+            self.wrappers.append(Wrapper(pjid, program, process))
+            log.info("job %s: program %s claimed, wrapper pid %s started", pjid, program,
+                     getattr(process, "pid", "?"))
+        self._settle(self.ack, delivery.token)
+        return True
 
-    def _job_id(self, token: Any, step, message, what: str) -> int | None:
-        try:
-            return step_job_id(step, message)
-        except ValueError as exc:
-            self._refuse(token, f"{what} message rejected: {exc}")
-            return None
-
-    def _holds(self, token: Any) -> bool:
-        return any(held.token is token for held in self.held)
+    def _stop(self, delivery: Delivery) -> bool:
+        result = self.manager.request_stop(delivery.pjid, "a relion-stop message")
+        log.info(result.message)
+        self._settle(self.ack, delivery.token)
+        return True
 
     def _refuse(self, token: Any, reason: str) -> None:
         log.error("%s; sent to the dead-letter queue", reason)
@@ -209,104 +221,95 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 - the broker connection is going away
             log.error("could not settle a delivery: %s", describe(exc))
 
+    def forget_deliveries(self) -> None:
+        """The connection is gone: the broker has requeued what was not settled."""
+        self.pending.clear()
+
     # ---------------------------------------------------------------- the loop
     def poll(self) -> None:
-        """Settle what can be settled; called after each delivery and on a timer."""
-        for held in list(self.held):
+        """Wrappers that ended, deliveries waiting, lost jobs; never raises."""
+        for wrapper in list(self.wrappers):
             try:
-                settled = self._pollers[held.kind](held)
-            except NotFoundError as exc:  # the job's rows are gone: nothing to wait for
-                self.held.remove(held)
-                self._refuse(held.token, f"job {held.pjid}: {exc}")
-                continue
-            except Exception as exc:  # noqa: BLE001 - a database hiccup: try again next poll
-                reason = describe(exc)
-                if reason != held.last_error:
-                    log.error("job %s: checking its %s failed (tried again): %s",
-                              held.pjid, held.kind, reason)
-                    held.last_error = reason
-                continue
-            if settled:
-                self.held.remove(held)
-                self._settle(self.ack, held.token)
+                self._check_wrapper(wrapper)
+            except Exception as exc:  # noqa: BLE001 - the database: next poll
+                log.warning("job %s: checking its wrapper failed: %s", wrapper.pjid,
+                            describe(exc))
+        now = self.clock()
+        for delivery in list(self.pending):
+            if delivery.next_try <= now:
+                self._try(delivery)
+        if now >= self.next_reap:
+            self.next_reap = now + max(1.0, min(self.config.stale_seconds / 2, 30.0))
+            try:
+                self.reap()
+                if self.database_ok_since is None:
+                    self.database_ok_since = now
+            except Exception as exc:  # noqa: BLE001 - the database: next time
+                self.database_ok_since = None
+                log.warning("looking for lost jobs failed: %s", describe(exc))
 
-    def _poll_run(self, held: Held) -> bool:
-        code = held.child.poll()
+    def _check_wrapper(self, wrapper: Wrapper) -> None:
+        code = wrapper.process.poll()
         if code is None:
-            return False
-        with Session(self.engine) as db:
-            if programs.is_final(db, held.program):
-                log.info("job %s: wrapper ended (%s)", held.pjid, code)
-                return True
-            # First end what the dead wrapper left running, so that once the status says
-            # failure nothing of the job runs any more.
-            try:
-                project = control.running_file(db, self.config, held.pjid).parent
-            except RelionZoError as exc:  # e.g. rows that no longer load: nothing to clean
-                log.warning("job %s: no project to clean up: %s", held.pjid, exc)
-                project = None
-            if project is not None and project.is_dir() and end_relion_in(project):
-                log.warning("job %s: ended RELION processes left in %s", held.pjid, project)
+            return
+        if not self.manager.check(wrapper.program).final:
+            # First end what the dead wrapper left running, then record why it ended.
+            control.end_relion(self.manager, wrapper.pjid)
             how = f"signal {-code}" if code < 0 else f"exit status {code}"
-            message = f"the wrapper process ended ({how}) without a final status"
-            if programs.finish(db, held.program, success=False, message=message):
-                programs.add_message(db, held.program, "ERROR", message)
-                log.error("job %s: %s; recorded a failure", held.pjid, message)
-        log.info("job %s: wrapper ended (%s)", held.pjid, code)
-        return True
+            if self.manager.finish(wrapper.program, Outcome(
+                    "crashed", f"the wrapper process ended ({how}) without a final status")):
+                log.error("job %s: wrapper ended (%s) without a final status; recorded",
+                          wrapper.pjid, how)
+        log.info("job %s: wrapper ended (%s)", wrapper.pjid, code)
+        self.wrappers.remove(wrapper)
 
-    def _poll_watch(self, held: Held) -> bool:
-        with Session(self.engine) as db:
-            state = control.job_state(db, self.config, held.pjid)
-            db.rollback()
-            if state.state in status.FINAL_STATES:
-                return True
-            if state.state == "lost":
-                control.close_lost(db, self.config, state, "finalised by a worker")
-                return False  # settled on the next poll, once the status reads final
-            waited = time.monotonic() - held.since
-            if state.state == "queued" and waited > self.config.stale_seconds:
-                programs.finish(db, state.auto_proc_program_id, success=False,
-                                message="queued but never started (its worker died?)")
-            return False
-
-    def _poll_stop(self, held: Held) -> bool:
-        with Session(self.engine) as db:
-            result = control.stop_job(db, self.config, held.pjid)
-        log.info(result.message)
-        if not result.settled and time.monotonic() - held.since > STOP_RETRY_SECONDS:
-            log.warning("job %s: gave up stopping after %.0f s", held.pjid, STOP_RETRY_SECONDS)
-            return True
-        return result.settled
+    def reap(self) -> list[int]:
+        """Close lost jobs whose wrapper is gone (``control.reap``); remote ones only once
+        this worker has reached the database for longer than the stale limit."""
+        settled_for = (self.clock() - self.database_ok_since
+                       if self.database_ok_since is not None else 0.0)
+        return control.reap(self.manager, skip={w.pjid for w in self.wrappers},
+                            include_remote=settled_for >= self.config.stale_seconds,
+                            by="closed by a worker")
 
 
 # ---------------------------------------------------------------------------- the service
 
-class RelionWorker(CommonService):
-    """relion_zo's worker as a ``workflows`` service (``zocalo.service -s RelionWorker``)."""
 
-    _service_name = "relion_zo worker"
-    _logger_name = "relion_zo.worker"
+class WorkerService:
+    """The ``Supervisor`` on RabbitMQ's run and stop queues (``relion_zo.serve.serve``)."""
 
-    def initializing(self):
-        config = load_config()
-        self.supervisor = Supervisor(
-            make_engine(config.credentials_path()), config,
-            ack=lambda header: self._transport.ack(header),
-            reject=lambda header: self._transport.nack(header, requeue=False),
-        )
-        if not isinstance(self._transport, RelionPikaTransport):
-            log.warning("transport %s is not %s: a message without headers will end this "
-                        "service", type(self._transport).__name__, TRANSPORT_NAME)
-        for kind, queue, prefetch in (("run", RUN_QUEUE, config.worker_jobs),
-                                      ("stop", STOP_QUEUE, STOP_PREFETCH)):
-            # Raw bodies: read_delivery decodes them and refuses what it cannot read.
-            self._transport.subscribe(
-                queue, functools.partial(self._on_delivery, kind), acknowledgement=True,
-                prefetch_count=prefetch, disable_mangling=True,
-            )
-        self._register_idle(0.2, self.supervisor.poll)
-        log.info("worker %s ready: up to %d jobs at once", os.getpid(), config.worker_jobs)
+    def __init__(self, supervisor: Supervisor, worker_jobs: int):
+        self.supervisor = supervisor
+        self.worker_jobs = worker_jobs
+        self.transport = None
+        supervisor.ack = self._ack
+        supervisor.reject = self._reject
 
-    def _on_delivery(self, kind: str, header: Mapping[str, Any], body: bytes) -> None:
+    def subscriptions(self):
+        # Prefetch 1: runs beyond worker_jobs wait here, one at most, unacknowledged.
+        return [(RUN_QUEUE, 1, functools.partial(self._on, "run")),
+                (STOP_QUEUE, STOP_PREFETCH, functools.partial(self._on, "stop"))]
+
+    def _on(self, kind: str, header: Mapping[str, Any], body: bytes) -> None:
         self.supervisor.deliver(kind, header, header, body)
+
+    def attach(self, transport) -> None:
+        self.transport = transport
+
+    def detach(self) -> None:
+        self.transport = None
+        self.supervisor.forget_deliveries()
+
+    def poll(self) -> None:
+        self.supervisor.poll()
+
+    def _ack(self, header) -> None:
+        self.transport.ack(header)
+
+    def _reject(self, header) -> None:
+        self.transport.nack(header, requeue=False)
+
+
+def ready_text(worker_jobs: int) -> str:
+    return f"worker {os.getpid()} {READY_TEXT} {worker_jobs} jobs at once"

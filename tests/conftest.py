@@ -25,10 +25,10 @@ from ispyb.sqlalchemy import (
     ProcessingJobImageSweep,
     ProcessingJobParameter,
 )
-from relion_zo import stack, synthetic
 from relion_zo.config import SiteConfig
 from relion_zo.db import make_engine
-from relion_zo.demo import seed_visit
+from relion_zo.devstack import stack, synthetic
+from relion_zo.devstack.demo import seed_visit
 
 REPO = Path(__file__).resolve().parent.parent
 JOB_TABLES = (
@@ -137,3 +137,21 @@ def live_visits(engine):
     yield make
     for visit in made:
         visit.remove()
+
+
+@pytest.fixture
+def services(tmp_path, site, stack_settings):
+    """relion_zo's dispatcher and workers as processes (``runner_helpers.Services``), with the
+    broker's queues empty before and after."""
+    from relion_zo import broker
+    from runner_helpers import Services
+    from runs import write_site_file
+
+    zocalo = stack_settings.zocalo_config_path
+    broker.declare(zocalo)
+    all_queues = [q for base in broker.QUEUES for q in (base, broker.dead_letter_queue(base))]
+    broker.purge(zocalo, all_queues)
+    running = Services(write_site_file(site, tmp_path / "site.yaml"), stack_settings, tmp_path)
+    yield running
+    running.stop_all()
+    broker.purge(zocalo, all_queues)

@@ -6,9 +6,10 @@ import contextlib
 import io
 from pathlib import Path
 
-from relion_zo import broker, stack
+from relion_zo import broker
 from relion_zo.cli.main import main as cli
-from relion_zo.services import LocalServices
+from relion_zo.devstack import stack
+from relion_zo.devstack.services import LocalServices
 
 
 class Services(LocalServices):

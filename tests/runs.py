@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session
 
 from conftest import GOOD_PARAMS, new_visit_name
 from ispyb.sqlalchemy import AutoProcProgram, AutoProcProgramAttachment, AutoProcProgramMessage
-from relion_zo import jobs, status, synthetic
+from relion_zo import jobs, status
 from relion_zo.config import SiteConfig
-from relion_zo.demo import remove_visit, seed_visit
+from relion_zo.devstack import synthetic
+from relion_zo.devstack.demo import remove_visit, seed_visit
 from relion_zo.relion_it.driver import processes_in  # noqa: F401 - tests import it from here
 from relion_zo.runner import RunOutcome, StopRequest, run_job
 

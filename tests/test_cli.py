@@ -14,9 +14,9 @@ import yaml
 from sqlalchemy.orm import Session
 
 from conftest import GOOD_PARAMS, new_visit_name, row_counts
-from relion_zo import synthetic
 from relion_zo.cli.main import main
-from relion_zo.demo import seed_visit
+from relion_zo.devstack import synthetic
+from relion_zo.devstack.demo import seed_visit
 from test_concurrent_start import _cleanup
 
 

@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from conftest import GOOD_PARAMS, REPO, new_visit_name, row_counts
 from ispyb.sqlalchemy import AutoProcProgram, DataCollection, ProcessingJob, ProcessingJobParameter
-from relion_zo import synthetic
 from relion_zo.cli.main import main
-from relion_zo.demo import seed_visit
+from relion_zo.devstack import synthetic
+from relion_zo.devstack.demo import seed_visit
 from runs import error_messages, job_status, program_rows, site_config, write_site_file
 from test_concurrent_start import _cleanup
 
@@ -253,11 +253,10 @@ def _good_job(h: Hostile, capsys) -> int:
     return json.loads(capsys.readouterr().out)["processing_job_id"]
 
 
-def _close(engine, pjid: int) -> None:
-    with Session(engine) as db:
-        from relion_zo import programs
+def _close(engine, site, pjid: int) -> None:
+    from relion_zo.manager import JobManager
 
-        programs.finish_stopped(db, programs.register(db, pjid), "test")
+    JobManager(engine, site).request_stop(pjid, "test")
 
 
 @pytest.mark.parametrize("setup, words", [
@@ -275,7 +274,7 @@ def _close(engine, pjid: int) -> None:
         "id file not UTF-8", "ledger cannot be written"])
 def test_reprocess_refuses_hostile_input(hostile, db, capsys, setup, words):
     pjid = _good_job(hostile, capsys)
-    _close(hostile.engine, pjid)
+    _close(hostile.engine, hostile.site, pjid)
     argv = ["reprocess", "--no-send", "--config", str(hostile.site_file),
             *setup(hostile, pjid)]
     before = row_counts(db)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from relion_zo import synthetic
+from relion_zo.devstack import synthetic
 from relion_zo.movies import MovieChecker, matching
 from relion_zo.relion_it import driver
 from relion_zo.relion_it.stages import Stage

@@ -138,7 +138,7 @@ def test_stop_ends_relion_and_records_stopped(engine, tmp_path, stack_settings, 
     assert outcome.state == "stopped"
     state = job_status(engine, site, pjid)
     assert state.state == "stopped"
-    assert state.message.startswith("Stopped by user: RUNNING_RELION_IT removed")
+    assert state.message.startswith("Stopped by user: Stop requested by relion-zo stop")
     assert processes_in(project) == []
     assert not list(project.glob(pl.RUNNING_PIPELINER + "*"))
     # A second stop finds nothing to stop.
@@ -166,10 +166,13 @@ def test_sigterm_stops_the_foreground_run(engine, tmp_path, stack_settings, live
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, output
+    # A service manager's SIGTERM is a shutdown, not a user's stop: a failure that says so
+    # and how to carry on.
+    assert proc.returncode == 1, output
     state = job_status(engine, site, pjid)
-    assert state.state == "stopped"
-    assert "SIGTERM received" in state.message
+    assert state.state == "failure"
+    assert state.message.startswith("Shutdown: SIGTERM received (service shutdown)")
+    assert f"relion-zo resume {pjid}" in state.message
     assert processes_in(live.project(pjid)) == []
 
 
@@ -233,7 +236,7 @@ def test_corrupt_movie_fails_with_relions_error(engine, site, live):
     with mrcfile.new(live.raw / "movie_9999.mrc") as bad:
         bad.set_data(np.zeros((4, 128, 128), np.complex64))
     message = _failed(engine, site, pjid, run_job(pjid, engine=engine, config=site))
-    assert message.startswith("MotionCorr/job002/ failure")
+    assert message.startswith("Failed: MotionCorr/job002/ failure")
     assert "readMRC" in message
     assert processes_in(live.project(pjid)) == []
 
@@ -248,7 +251,7 @@ def test_exception_anywhere_writes_failure(engine, site, live):
         run_job(pjid, engine=engine, config=site, on_progress=broken)
     state = job_status(engine, site, pjid)
     assert state.state == "failure"
-    assert state.message == "RuntimeError: display broke"
+    assert state.message == "Wrapper crashed: RuntimeError: display broke"
     assert processes_in(live.project(pjid)) == []
 
 
@@ -277,7 +280,7 @@ def test_wrapper_runs_under_zocalo_wrap(engine, site, live, tmp_path, stack_sett
     import workflows.recipe
 
     pjid = live.start()
-    recipe = workflows.recipe.Recipe((REPO / "wrappers" / "relion.json").read_text())
+    recipe = workflows.recipe.Recipe((REPO / "relion_zo" / "recipes" / "relion.json").read_text())
     recipe.apply_parameters({"ispyb_process": pjid})
     message = {"recipe": recipe.recipe, "recipe-pointer": 1, "recipe-path": [],
                "environment": {"ID": f"test-{pjid}"}, "payload": None}
@@ -330,19 +333,19 @@ def test_restart_reuses_the_projects_jobs(engine, site, live):
     assert len((project / pl.SUBMITTED_JOBS).read_text().splitlines()) == 2
 
 
-def test_claim_is_exactly_once_under_concurrency(engine, live):
+def test_claim_is_exactly_once_under_concurrency(engine, site, live):
     import threading
 
-    from relion_zo import programs
+    from relion_zo.manager import JobManager
 
+    manager = JobManager(engine, site)
     pjid = live.start()
     barrier = threading.Barrier(4)
     claimed = []
 
     def claim():
-        with Session(engine) as db:
-            barrier.wait()
-            claimed.append(programs.claim(db, pjid, command_line="test"))
+        barrier.wait()
+        claimed.append(manager.claim(pjid, command_line="test", environment=""))
 
     threads = [threading.Thread(target=claim) for _ in range(4)]
     for thread in threads:
@@ -355,13 +358,13 @@ def test_claim_is_exactly_once_under_concurrency(engine, live):
 
 
 def test_stopping_a_queued_job_keeps_it_from_running(engine, site, live):
-    from relion_zo import control, programs
+    from relion_zo.manager import JobManager
 
+    manager = JobManager(engine, site)
     pjid = live.start()
-    with Session(engine) as db:
-        program = programs.claim(db, pjid, command_line="a worker about to start it")
-        assert job_status(engine, site, pjid).state == "queued"
-        result = control.stop_job(db, site, pjid)
+    program = manager.claim(pjid, command_line="a worker about to start it", environment="")
+    assert job_status(engine, site, pjid).state == "queued"
+    result = manager.request_stop(pjid, "test")
     assert result.action == "marked"
     outcome = run_job(pjid, engine=engine, config=site, program_id=program)
     assert outcome.state == "skipped"
@@ -400,7 +403,7 @@ def test_stop_by_data_collection_marks_its_active_job(engine, site, live, tmp_pa
     dcid = job_status(engine, site, pjid).data_collection_id
     site_file = write_site_file(site, tmp_path / "site.yaml")
     assert stop_cli.main(["--local", "--config", str(site_file), "--dcid", str(dcid)]) == 0
-    assert f"processing job {pjid} will not start" in capsys.readouterr().out
+    assert f"processing job {pjid}: stopped before it started" in capsys.readouterr().out
     assert job_status(engine, site, pjid).state == "stopped"
     assert stop_cli.main(["--local", "--config", str(site_file), "--dcid", str(dcid)]) == 1
     assert f"data collection {dcid} has no active job" in capsys.readouterr().out

@@ -76,12 +76,15 @@ def test_second_start_is_refused_while_active_and_allowed_after(db, site, visit)
     assert row_counts(db) == before
     # queued and running block too; a final status frees the data collection
     program = programs.register(db, first.processing_job_id)
+    db.commit()
     with pytest.raises(ActiveJobError, match="queued"):
         start(db, site, visit)
     programs.mark_running(db, program)
+    db.commit()
     with pytest.raises(ActiveJobError, match="running"):
         start(db, site, visit)
     programs.finish(db, program, success=True, message="done")
+    db.commit()
     second = start(db, site, visit)
     assert second.data_collection_id == first.data_collection_id
     assert not second.created_data_collection
@@ -91,6 +94,7 @@ def test_start_by_data_collection_id(db, site, visit):
     first = start(db, site, visit)
     programs.finish(db, programs.register(db, first.processing_job_id), success=False,
                     message="x")
+    db.commit()
     again = jobs.start_job(db, site, GOOD_PARAMS, data_collection_id=first.data_collection_id)
     assert again.data_collection_id == first.data_collection_id
     assert again.processing_job_id != first.processing_job_id

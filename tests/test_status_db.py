@@ -1,4 +1,5 @@
-"""Job states on real rows: Python and sql/job_status.sql agree; a visit is one query."""
+"""Job states of jobs driven by relion_zo's own writers (Start, programs), read through
+relion_zo/sql/job_status.sql: every state, the filters, the newest program, one query a visit."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def _job_in_state(db, site, visit, state: str) -> int:
         return pjid
     app = programs.register(db, pjid)
     if state == "queued":
+        db.commit()
         return app and pjid
     programs.mark_running(db, app)
     if state == "lost":
@@ -32,21 +34,45 @@ def _job_in_state(db, site, visit, state: str) -> int:
         programs.finish_stopped(db, app, "relion-zo stop")
     elif state == "failure":
         programs.finish(db, app, success=False, message="MotionCorr failed")
+    db.commit()
     return pjid
 
 
-def test_python_and_sql_agree_on_every_state(db, site, visit):
+def test_every_state(db, site, visit):
     expected = {_job_in_state(db, site, visit, s): s for s in status.STATES}
-    py = {s.processing_job_id: s.state for s in status.query_states(
-        db, stale_seconds=site.stale_seconds, session_id=visit.session_id)}
-    sql = dict(status.query_states_sql(db, stale_seconds=site.stale_seconds,
-                                       session_id=visit.session_id))
-    assert py == expected
-    assert sql == expected
-    # the filters of the SQL file match the Python ones
-    some = next(iter(expected))
-    assert status.query_states_sql(db, stale_seconds=site.stale_seconds,
-                                   processing_job_id=some) == [(some, expected[some])]
+    rows = status.query_states(db, stale_seconds=site.stale_seconds, session_id=visit.session_id)
+    assert {s.processing_job_id: s.state for s in rows} == expected
+    assert [r.processing_job_id for r in rows] == sorted(expected)
+    by_state = {s.state: s for s in rows}
+    assert by_state["submitted"].auto_proc_program_id is None
+    assert by_state["queued"].start_time is None and by_state["queued"].heartbeat is None
+    assert by_state["running"].start_time is not None
+    assert by_state["success"].processing_status == 1
+    assert by_state["stopped"].message.startswith(status.STOPPED_PREFIX)
+    assert by_state["failure"].processing_status == 0
+    assert all(r.session_id == visit.session_id for r in rows)
+
+
+def test_filters(db, site, visit):
+    expected = {_job_in_state(db, site, visit, s): s for s in status.STATES}
+    for pjid, state in expected.items():
+        [row] = status.query_states(db, stale_seconds=site.stale_seconds, processing_job_id=pjid)
+        assert row.state == state
+        [same] = status.query_states(db, stale_seconds=site.stale_seconds,
+                                     data_collection_id=row.data_collection_id)
+        assert same == row
+    lost = status.lost_jobs(db, stale_seconds=site.stale_seconds, session_id=visit.session_id)
+    assert [r.state for r in lost] == ["lost"]
+    assert {r.state for r in status.query_states(
+        db, stale_seconds=site.stale_seconds, session_id=visit.session_id,
+        states=status.FINAL_STATES)} == status.FINAL_STATES
+    for pjid, state in expected.items():
+        [row] = status.query_states(db, stale_seconds=site.stale_seconds, processing_job_id=pjid)
+        active = status.active_jobs(db, row.data_collection_id,
+                                    stale_seconds=site.stale_seconds)
+        assert [r.processing_job_id for r in active] == ([pjid] if row.active else [])
+    assert status.query_states(db, stale_seconds=site.stale_seconds,
+                               session_id=visit.session_id + 10**6) == []
 
 
 def test_newest_program_decides(db, site, visit):
@@ -54,8 +80,6 @@ def test_newest_program_decides(db, site, visit):
     programs.mark_running(db, programs.register(db, pjid))
     [row] = status.query_states(db, stale_seconds=site.stale_seconds, processing_job_id=pjid)
     assert row.state == "running"
-    assert dict(status.query_states_sql(db, stale_seconds=site.stale_seconds,
-                                        processing_job_id=pjid)) == {pjid: "running"}
 
 
 def test_a_visit_is_one_query_whatever_its_size(db, site, visit):

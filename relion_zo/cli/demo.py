@@ -15,15 +15,16 @@ from pathlib import Path
 
 import yaml
 
-from relion_zo import broker, control, jobs, stack
+from relion_zo import broker, control, jobs
 from relion_zo.cli import run as run_cli
 from relion_zo.cli import status as status_cli
 from relion_zo.cli.common import Parser, guarded
 from relion_zo.cli.demo_data import add_demo_options, seed
 from relion_zo.config import load_config
 from relion_zo.db import make_engine, session_scope
+from relion_zo.devstack import stack
+from relion_zo.devstack.services import LocalServices
 from relion_zo.errors import ActiveJobError
-from relion_zo.services import LocalServices
 
 
 def start_or_resume(demo) -> int:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from relion_zo.cli.common import Parser, guarded
 from relion_zo.db import make_engine, session_scope
-from relion_zo.demo import DEMO_VISIT, make_demo
-from relion_zo.stack import StackSettings
+from relion_zo.devstack.demo import DEMO_VISIT, make_demo
+from relion_zo.devstack.stack import StackSettings
 
 
 def add_demo_options(parser: argparse.ArgumentParser) -> None:

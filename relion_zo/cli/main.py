@@ -9,6 +9,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "start": ("relion_zo.cli.start", "write a processing job for a folder of movies"),
     "run": ("relion_zo.cli.run", "run a processing job in the foreground (no broker)"),
+    "resume": ("relion_zo.cli.resume", "carry on a failed, stopped or lost job in its project"),
     "stop": ("relion_zo.cli.stop", "stop a job (SynchWeb's Stop), through the broker or --local"),
     "restart": ("relion_zo.cli.restart", "stop a data collection's job and start it again"),
     "reprocess": ("relion_zo.cli.reprocess", "a new job from an old one's parameters (or a list)"),

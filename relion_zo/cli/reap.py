@@ -2,9 +2,11 @@
 
 A wrapper killed with SIGKILL, or on a machine that died, cannot write its final status; its
 job shows as ``lost`` once its heartbeat is older than ``heartbeat_seconds x
-stale_heartbeats``. Reaping closes such jobs (status 0, ``lost: no heartbeat since ...`` and an
-ERROR message), so their data collections can be started again. A job that beats again in the
-meantime is left alone. Safe to run from cron on any machine.
+stale_heartbeats``. Reaping closes such jobs (status 0, ``Lost: no heartbeat since ...`` and an
+ERROR message), so their data collections can be started again, and ends what the wrapper left
+running when it ran on this machine. A wrapper still alive on this machine is left alone, and
+so is a job that beats again in the meantime; a live wrapper elsewhere that finds its job
+closed ends RELION itself. Workers do this by themselves; safe to run from cron anywhere.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from relion_zo import control
 from relion_zo.cli.common import Parser, add_config_option, guarded, open_site
 from relion_zo.db import session_scope
+from relion_zo.manager import JobManager
 from relion_zo.visits import find_visit
 
 
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with session_scope(engine) as db:
                 session_id = find_visit(db, args.visit).session_id if args.visit else None
-                reaped = control.reap(db, config, session_id)
+            reaped = control.reap(JobManager(engine, config), session_id=session_id)
         finally:
             engine.dispose()
         for pjid in reaped:

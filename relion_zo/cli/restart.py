@@ -19,6 +19,7 @@ from relion_zo.cli.common import (
     send_job,
 )
 from relion_zo.db import session_scope
+from relion_zo.manager import JobManager
 from relion_zo.parameters import pairs_from_args
 
 
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     old = active.processing_job_id
                     if zocalo is None:
-                        print(control.stop_job(db, config, old).message)
+                        print(JobManager(engine, config).request_stop(
+                            old, "relion-zo restart").message)
                     else:
                         broker.send(zocalo, [broker.recipe_message(broker.STOP_RECIPE, old)])
                         print(f"processing job {old}: stop sent")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from relion_zo import stack
 from relion_zo.cli.common import Parser, guarded
+from relion_zo.devstack import stack
 
 
 def main(argv: list[str] | None = None) -> int:

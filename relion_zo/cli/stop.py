@@ -1,10 +1,10 @@
 """``relion-zo stop``: SynchWeb's Stop button for a job or a data collection's active job.
 
-By default it sends the ``relion-stop`` recipe through the broker (what SynchWeb does); the
-worker that receives it removes the job's ``RUNNING_RELION_IT`` on the shared filesystem, and the
-wrapper, wherever it runs, ends RELION and records ``stopped``. A job that is only submitted or
-queued is marked so that no wrapper starts it. ``--local`` does the same from this shell without
-the broker. ``--wait`` waits until the job's status is final.
+By default it sends the ``relion-stop`` recipe through the broker (what SynchWeb did); the
+worker that receives it records a stop request in ISPyB, and the job's wrapper, wherever it
+runs, sees it within a second, ends RELION and records ``stopped``. A job that is only submitted
+or queued is closed at once so that no wrapper starts it. ``--local`` records the request from
+this shell without the broker. ``--wait`` waits until the job's status is final.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from relion_zo import broker, control
 from relion_zo.cli.common import Parser, add_config_option, guarded, identifier, open_site
 from relion_zo.db import session_scope
 from relion_zo.errors import InputError
+from relion_zo.manager import JobManager
 from relion_zo.status import FINAL_STATES
 
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     pjid = args.job
                 if args.local:
-                    result = control.stop_job(db, config, pjid)
+                    result = JobManager(engine, config).request_stop(pjid, "relion-zo stop")
                     print(result.message)
                     stopped = result.action != "final"
                 elif (state := control.job_state(db, config, pjid)).state in FINAL_STATES:

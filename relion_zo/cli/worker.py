@@ -1,55 +1,79 @@
 """``relion-zo worker`` and ``relion-zo dispatcher``: relion_zo's services, this site's settings.
 
-``worker`` runs ``zocalo.service -s RelionWorker`` (relion_zo's worker); ``dispatcher`` runs
-``zocalo.service -s RelionDispatcher`` (relion_zo's own dispatch service, which turns
-``processing_recipe`` requests into recipe steps using the recipes in the zocalo
-configuration's ``zocalo.recipe_directory``; see ``relion_zo.dispatcher`` for why it is not
-zocalo's Dispatcher). Both are registered under ``workflows.services`` and run on
-``RelionPikaTransport`` (``-t``), which survives messages without headers. Both get
-``RELION_ZO_CONFIG`` and ``ZOCALO_CONFIG`` from the site file and replace this process
-(``exec``), so a process supervisor (systemd, supervisord) sees and signals the service itself.
-Start as many workers, on as many machines, as you like: they share the queue.
+``worker`` consumes the ``relion`` and ``relion.stop`` queues and starts a wrapper process per
+job (``relion_zo.worker``); ``dispatcher`` turns ``processing_recipe`` requests into recipe
+steps with the recipes in the zocalo configuration's ``zocalo.recipe_directory`` (default:
+relion_zo's own; ``relion_zo.dispatcher`` says why it is not zocalo's Dispatcher). Each runs in
+this one process, the one a service manager (systemd, supervisord) starts and signals: SIGTERM
+or SIGINT ends it cleanly, and killing it leaves no consumer behind. Both come back by
+themselves after a RabbitMQ restart. Start as many workers, on as many machines, as you like:
+they share the queue.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import os
-import shutil
+import signal
+import threading
 
-from relion_zo.cli.common import add_config_option, guarded
-from relion_zo.config import load_config
-from relion_zo.errors import InputError
-from relion_zo.transport import TRANSPORT_NAME
+from relion_zo.cli.common import Parser, add_config_option, guarded, setup_logging
 
 
-def _exec_service(prog: str, service: str, argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+def _serve(prog: str, build, argv: list[str] | None) -> int:
+    parser = Parser(prog=prog, description=__doc__)
     add_config_option(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
 
     def body() -> int:
-        config = load_config(args.config)
+        from relion_zo.config import load_config
+        from relion_zo.db import make_engine
+        from relion_zo.serve import serve
+
+        setup_logging(args.verbose)
+        site_file = os.path.abspath(args.config) if args.config else None
+        config = load_config(site_file)
         zocalo = config.zocalo_path()
-        command = shutil.which("zocalo.service")
-        if command is None:
-            raise InputError("zocalo.service is not installed (pip install zocalo)")
-        env = dict(os.environ)
-        if args.config:
-            env["RELION_ZO_CONFIG"] = os.path.abspath(args.config)
-        env["ZOCALO_CONFIG"] = str(zocalo)
-        argv_out = [command, "-s", service, "-t", TRANSPORT_NAME]
-        argv_out += ["-v"] if args.verbose else []
-        os.execve(command, argv_out, env)
-        return 0  # not reached
+        engine = make_engine(config.credentials_path())
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: stop.set())
+        service, ready = build(config, engine, zocalo, site_file)
+        try:
+            return serve(service, zocalo, stop=stop, ready=ready)
+        finally:
+            engine.dispose()
 
     return guarded(body)
 
 
+def _worker(config, engine, zocalo_config, site_file):
+    from relion_zo.manager import JobManager
+    from relion_zo.worker import Supervisor, WorkerService, ready_text, spawn_wrapper
+
+    env = dict(os.environ, ZOCALO_CONFIG=str(zocalo_config))
+    if site_file:
+        env["RELION_ZO_CONFIG"] = site_file
+    supervisor = Supervisor(JobManager(engine, config, retry_seconds=0), ack=None, reject=None,
+                            spawn=functools.partial(spawn_wrapper, env=env))
+    return WorkerService(supervisor, config.worker_jobs), ready_text(config.worker_jobs)
+
+
+def _dispatcher(config, engine, zocalo_config, site_file):
+    import zocalo.configuration
+
+    from relion_zo.dispatcher import RecipeFolder, RelionDispatcher, packaged_recipe_directory
+
+    storage = zocalo.configuration.from_file(str(zocalo_config)).storage or {}
+    folder = storage.get("zocalo.recipe_directory") or packaged_recipe_directory()
+    service = RelionDispatcher(RecipeFolder(folder), engine)
+    return service, service.ready_text()
+
+
 def main(argv: list[str] | None = None) -> int:
-    return _exec_service("relion-zo worker", "RelionWorker", argv)
+    return _serve("relion-zo worker", _worker, argv)
 
 
 def dispatcher_main(argv: list[str] | None = None) -> int:
-    return _exec_service("relion-zo dispatcher", "RelionDispatcher", argv)
+    return _serve("relion-zo dispatcher", _dispatcher, argv)

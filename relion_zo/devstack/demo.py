@@ -23,7 +23,7 @@ from ispyb.sqlalchemy import (
     ProcessingJobParameter,
     Proposal,
 )
-from relion_zo import synthetic
+from relion_zo.devstack import synthetic
 from relion_zo.visits import parse_visit_name
 
 DEMO_VISIT = "cm00001-1"

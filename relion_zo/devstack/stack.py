@@ -35,8 +35,6 @@ DB_USER = "relion_zo"
 MQ_USER = "relion_zo"
 START_TIMEOUT = 90.0
 CONSUMER_TIMEOUT_MS = 7 * 24 * 3600 * 1000
-# The recipes of this checkout: relion_zo's dispatcher loads "relion" and "relion-stop" from here.
-RECIPE_DIRECTORY = Path(__file__).resolve().parent.parent / "wrappers"
 
 
 class StackError(RelionZoError):
@@ -379,6 +377,8 @@ def _check(result: subprocess.CompletedProcess, what: str) -> None:
 
 
 def _write_zocalo_config(settings: StackSettings, password: str) -> None:
+    from relion_zo.dispatcher import packaged_recipe_directory
+
     config = {
         "version": 1,
         "rabbitmq": {
@@ -389,7 +389,9 @@ def _write_zocalo_config(settings: StackSettings, password: str) -> None:
             "password": password,
             "vhost": "/",
         },
-        "storage": {"plugin": "storage", "zocalo.recipe_directory": str(RECIPE_DIRECTORY)},
+        # The recipes shipped in the installed package ("relion", "relion-stop").
+        "storage": {"plugin": "storage",
+                    "zocalo.recipe_directory": str(packaged_recipe_directory())},
         # "default" is what zocalo's commands (zocalo.go, zocalo.wrap, zocalo.service) activate
         # when no -e is given; "local" names the same thing explicitly.
         "environments": {
@@ -474,3 +476,26 @@ def status(settings: StackSettings) -> dict:
         "credentials": str(settings.credentials_path),
         "zocalo_config": str(settings.zocalo_config_path),
     }
+
+
+# ---------------------------------------------------------------- fault injection (tests)
+
+
+def stop_server(settings: StackSettings, name: str) -> None:
+    """Stop one server ("mariadb" or "rabbitmq") the way a crash would: SIGKILL."""
+    pid = _mariadb_pid(settings) if name == "mariadb" else _rabbit_pid(settings)
+    needle = "mariadbd" if name == "mariadb" else "beam"
+    if _alive(pid, needle):
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _alive(pid, needle) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def start_server(settings: StackSettings, name: str) -> None:
+    """Start one server again, with the stack's own settings."""
+    if name == "mariadb":
+        if not _mariadb_running(settings):
+            _start_mariadb(settings)
+    elif not _rabbit_running(settings):
+        _start_rabbitmq(settings, _secrets(settings)["rabbitmq"])

@@ -1,4 +1,5 @@
--- relion_zo job states, the same rules as relion_zo/status.py (docs/status.md).
+-- relion_zo job states (docs/status.md): the only definition of the rules. relion_zo/status.py
+-- runs this text as it is; SynchWeb or a person at a MariaDB prompt can run it too.
 -- One row per relion ProcessingJob, state from its newest AutoProcProgram.
 -- Bind parameters (NULL filters match everything):
 --   :stale_seconds        heartbeat age after which a running job is lost
@@ -17,6 +18,8 @@ SELECT
     app.processingMessage AS message,
     CASE
         WHEN app.autoProcProgramId IS NULL THEN 'submitted'
+        -- Final statuses told apart by how their message starts: one WHEN per prefix, before
+        -- the plain status rules below. 'Stopped by user' is relion_zo.status.STOPPED_PREFIX.
         WHEN app.processingStatus = 1
              AND app.processingMessage LIKE 'Stopped by user%' THEN 'stopped'
         WHEN app.processingStatus = 1 THEN 'success'

@@ -1,0 +1,236 @@
+"""The job manager: the one owner of every AutoProcProgram change (procrastinate's
+``JobManager`` is the model).
+
+Each transition is a method that opens, commits and closes its own transaction, retried with
+backoff through a database outage for up to ``database_retry_seconds`` (``relion_zo.retry``).
+No other module writes AutoProcProgram or decides a transition; ``relion_zo.programs`` holds
+the statements, which never commit.
+
+    claim ──> mark_running ──> beat … beat ──> finish(Outcome)
+      │            │              │
+      │            └── a beat or check that finds the job final, or a stop requested, tells
+      │                the wrapper to end RELION
+      └── request_stop: submitted/queued/lost → final at once; running → a request recorded in
+          ISPyB (an AutoProcProgramMessage "Stop requested by …") that the wrapper sees within
+          a second and acts on
+    close_lost: a job whose wrapper is gone (``docs/status.md``)
+
+Why a job ended is data: ``Outcome.kind`` is one of ``OUTCOMES`` and becomes the status and the
+message prefix (docs/status.md lists them), so a user's stop, a service shutdown, a wrapper
+crash, a lost heartbeat and bad input are told apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from ispyb.sqlalchemy import ProcessingJob
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from relion_zo import programs, status
+from relion_zo.config import SiteConfig
+from relion_zo.errors import InputError, NotFoundError
+from relion_zo.retry import retrying
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# kind -> (processingStatus, message prefix). "success" has no prefix: its message is the
+# progress summary. The prefixes are what docs/status.md and the SQL state rules read.
+OUTCOMES: dict[str, tuple[int, str]] = {
+    "success": (1, ""),
+    "stopped": (1, status.STOPPED_PREFIX),
+    "failed": (0, "Failed"),
+    "bad_input": (0, "Bad input"),
+    "shutdown": (0, "Shutdown"),
+    "crashed": (0, "Wrapper crashed"),
+    "lost": (0, "Lost"),
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: ``kind`` (a key of ``OUTCOMES``) and what happened."""
+
+    kind: str
+    detail: str
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in OUTCOMES:
+            raise ValueError(f"unknown outcome {self.kind!r}")
+
+    @property
+    def success(self) -> bool:
+        return OUTCOMES[self.kind][0] == 1
+
+    def text(self) -> str:
+        prefix = OUTCOMES[self.kind][1]
+        return f"{prefix}: {self.detail}" if prefix else self.detail
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a running wrapper must know at each beat."""
+
+    final: bool  # someone else closed the job (a stop before it started, a reaper)
+    stop_request: str | None  # "Stop requested by ..." when a stop was asked for
+
+    @property
+    def must_end(self) -> bool:
+        return self.final or self.stop_request is not None
+
+
+@dataclass(frozen=True)
+class StopResult:
+    processing_job_id: int
+    action: str  # "requested", "marked" (final now), "final" (already was)
+    message: str
+
+
+class JobManager:
+    def __init__(self, engine: Engine, config: SiteConfig, *,
+                 retry_seconds: float | None = None):
+        self.engine = engine
+        self.config = config
+        self.retry_seconds = (config.database_retry_seconds if retry_seconds is None
+                              else retry_seconds)
+
+    # ------------------------------------------------------------------ transactions
+    def transaction(self, what: str, work: Callable[[Session], T]) -> T:
+        """``work(db)`` in one transaction of its own, committed; retried through outages."""
+
+        def once() -> T:
+            with Session(self.engine, expire_on_commit=False) as db, db.begin():
+                return work(db)
+
+        return retrying(once, what, self.retry_seconds)
+
+    def _locked_state(self, db: Session, pjid: int) -> status.JobStatus:
+        """The job's state with its ProcessingJob row locked for this transaction, so two
+        transitions of one job are decided one after the other."""
+        db.execute(select(ProcessingJob.processingJobId)
+                   .where(ProcessingJob.processingJobId == pjid).with_for_update())
+        rows = status.query_states(db, stale_seconds=self.config.stale_seconds,
+                                   processing_job_id=pjid)
+        if not rows:
+            raise NotFoundError(f"unknown processing job {pjid}")
+        return rows[0]
+
+    # ------------------------------------------------------------------ reads
+    def state(self, pjid: int) -> status.JobStatus:
+        rows = self.transaction(f"state of job {pjid}", lambda db: status.query_states(
+            db, stale_seconds=self.config.stale_seconds, processing_job_id=pjid))
+        if not rows:
+            raise NotFoundError(f"unknown processing job {pjid}")
+        return rows[0]
+
+    def check(self, program: int) -> Check:
+        def work(db: Session) -> Check:
+            row = programs.program_row(db, program)
+            return Check(final=row is None or row.processingStatus is not None,
+                         stop_request=programs.stop_requested(db, program))
+
+        return self.transaction(f"check of program {program}", work)
+
+    # ------------------------------------------------------------------ transitions
+    def claim(self, pjid: int, *, command_line: str, environment: str) -> int | None:
+        """A new program for a job that has none (exactly once); None if it has one."""
+        return self.transaction(f"claim of job {pjid}", lambda db: programs.claim(
+            db, pjid, command_line=command_line, environment=environment))
+
+    def mark_running(self, program: int, message: str, environment: str) -> bool:
+        """Start time (once), first beat, where the wrapper runs. False when already final."""
+        return self.transaction(f"start of program {program}", lambda db: programs.mark_running(
+            db, program, message, environment=environment))
+
+    def beat(self, program: int, message: str | None = None) -> Check:
+        """Move the heartbeat (and the progress message) and say whether the run must end."""
+
+        def work(db: Session) -> Check:
+            moved = programs.heartbeat(db, program, message)
+            return Check(final=not moved, stop_request=programs.stop_requested(db, program))
+
+        return self.transaction(f"heartbeat of program {program}", work)
+
+    def finish(self, program: int, outcome: Outcome) -> bool:
+        """The final status, once, with an ERROR row for a failure. False (and nothing
+        written) when the program already had one."""
+
+        def work(db: Session) -> bool:
+            written = programs.finish(db, program, success=outcome.success,
+                                      message=outcome.text())
+            if written and not outcome.success:
+                programs.add_message(db, program, "ERROR", outcome.text(),
+                                     description=outcome.description or outcome.detail)
+            return written
+
+        return self.transaction(f"final status of program {program}", work)
+
+    def attach(self, program: int, path: Path, file_type: str, rank: int) -> None:
+        self.transaction(f"attachment of program {program}", lambda db: programs.attach(
+            db, program, path, file_type, rank))
+
+    def request_stop(self, pjid: int, by: str) -> StopResult:
+        """Stop a job whatever its state (SynchWeb's and PATo's Stop, ``relion-zo stop``):
+
+        - submitted: a program is claimed and closed as stopped, so it never starts;
+        - queued or lost: closed as stopped (nothing runs it);
+        - running: a stop request is recorded; its wrapper ends RELION within a second or two
+          and writes ``stopped`` (and removes its own ``RUNNING_RELION_IT``);
+        - final: nothing to do.
+        """
+
+        def work(db: Session) -> StopResult:
+            job = self._locked_state(db, pjid)
+            if job.state in status.FINAL_STATES:
+                return StopResult(pjid, "final", f"processing job {pjid} is already {job.state}")
+            program = job.auto_proc_program_id
+            if job.state == "submitted":
+                program = programs.claim(db, pjid, command_line=f"relion-zo stop ({by})",
+                                         environment="stopped before it started")
+            if job.state in ("submitted", "queued", "lost"):
+                detail = ("the job had stopped responding" if job.state == "lost"
+                          else "stopped before it started")
+                programs.finish(db, program, success=True,
+                                message=Outcome("stopped", f"{detail} ({by})").text())
+                return StopResult(pjid, "marked", f"processing job {pjid}: {detail}")
+            programs.request_stop(db, program, by)
+            return StopResult(pjid, "requested",
+                              f"processing job {pjid}: stop requested; it will stop")
+
+        return self.transaction(f"stop of job {pjid}", work)
+
+    def close_lost(self, job: status.JobStatus, by: str) -> bool:
+        """Failure for a job whose wrapper is gone; only while it is still lost (a run that
+        just beat again is left alone)."""
+        since = f"{job.heartbeat:%Y-%m-%d %H:%M:%S}" if job.heartbeat else "its start"
+        outcome = Outcome("lost", f"no heartbeat since {since} ({by})")
+        return self.transaction(f"closing lost job {job.processing_job_id}", lambda db:
+                                programs.finish_lost(db, job.auto_proc_program_id,
+                                                     self.config.stale_seconds, outcome.text()))
+
+    def lost_jobs(self, session_id: int | None = None) -> list[status.JobStatus]:
+        return self.transaction("lost jobs", lambda db: status.lost_jobs(
+            db, stale_seconds=self.config.stale_seconds, session_id=session_id))
+
+    def new_program(self, pjid: int, *, command_line: str, environment: str) -> int:
+        """A fresh program for a job whose newest one is final (``relion-zo resume``)."""
+
+        def work(db: Session) -> int:
+            job = self._locked_state(db, pjid)
+            if job.state not in ("failure", "stopped", "lost"):
+                raise InputError(f"processing job {pjid} is {job.state}; only a failed, "
+                                 "stopped or lost job can be resumed")
+            if job.state == "lost":
+                programs.finish_lost(db, job.auto_proc_program_id, 0,
+                                     Outcome("lost", "closed to resume it").text())
+            return programs.register(db, pjid, command_line=command_line,
+                                     environment=environment)
+
+        return self.transaction(f"resume of job {pjid}", work)

@@ -1,0 +1,127 @@
+"""Faults, injected on the real servers: RabbitMQ and MariaDB killed and restarted while a job
+runs, a wrapper killed and its job resumed. Each asserts the final state, that nothing ran
+twice, and that no RELION process outlives the job (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from relion_zo.cli.main import main
+from relion_zo.devstack import stack
+from relion_zo.relion_it import pipeliner as pl
+from runs import job_status, processes_in, program_rows, write_site_file
+from test_broker import start_cli, wait_state, wait_until, with_idle
+
+OUTAGE = 20.0  # seconds a server stays down
+
+
+def _wrapper_pid(pjid: int) -> int:
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            argv = open(f"/proc/{name}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"relion_zo.child" in argv and str(pjid).encode() in argv:
+            return int(name)
+    raise AssertionError(f"no wrapper process for job {pjid}")
+
+
+def test_a_rabbitmq_restart_fails_no_running_job(engine, live_visits, services, tmp_path,
+                                                 stack_settings):
+    site, _ = with_idle(services, tmp_path, stack_settings, 30)
+    live = live_visits(site)
+    pjid = start_cli(services, live)
+    wait_state(engine, site, pjid, {"running"})
+    started = time.monotonic()
+    stack.stop_server(stack_settings, "rabbitmq")
+    try:
+        time.sleep(OUTAGE)
+        assert job_status(engine, site, pjid).state == "running"
+    finally:
+        stack.start_server(stack_settings, "rabbitmq")
+    state = wait_state(engine, site, pjid, {"success", "failure", "stopped"})
+    assert state.state == "success", state.message
+    assert len(program_rows(engine, pjid)) == 1
+    assert processes_in(live.project(pjid)) == []
+    # The services came back by themselves: a new job runs through them.
+    second = live_visits(site)
+    pjid2 = start_cli(services, second)
+    assert wait_state(engine, site, pjid2, {"success", "failure"}).state == "success"
+    assert services.alive()
+    print(f"outage {OUTAGE:.0f} s; job final {time.monotonic() - started:.1f} s after it began")
+
+
+def test_a_mariadb_restart_fails_no_running_job(engine, live_visits, services, tmp_path,
+                                                stack_settings):
+    site, _ = with_idle(services, tmp_path, stack_settings, 30)
+    live = live_visits(site)
+    pjid = start_cli(services, live)
+    wait_state(engine, site, pjid, {"running"})
+    project = live.project(pjid)
+    stack.stop_server(stack_settings, "mariadb")
+    try:
+        time.sleep(OUTAGE)
+        assert (project / pl.RUNNING_RELION_IT).exists()  # RELION went on without the database
+    finally:
+        stack.start_server(stack_settings, "mariadb")
+    engine.dispose()  # the test's own pooled connections died with the server
+    wait_until(lambda: "work again" in (project / "relion_zo_run.log").read_text(),
+               "the wrapper beating again", limit=60)
+    state = wait_state(engine, site, pjid, {"success", "failure", "stopped"})
+    assert state.state == "success", state.message
+    assert len(program_rows(engine, pjid)) == 1
+    assert processes_in(project) == []
+    assert services.alive()
+
+
+def test_a_killed_wrapper_is_recorded_and_resumed_without_redoing_movies(
+        engine, live_visits, services, tmp_path, stack_settings, capsys):
+    site, _ = with_idle(services, tmp_path, stack_settings, 3600)
+    live = live_visits(site, movies=3)
+    pjid = start_cli(services, live)
+    project = live.project(pjid)
+    wait_until(lambda: "pass 1" in _read(project / "relion_zo_run.log"), "a first pass")
+    corrected = sorted((project / "MotionCorr").rglob("movie_*.mrc"))
+    assert len(corrected) == 3
+    before = {p: p.stat().st_mtime_ns for p in corrected}
+    os.kill(_wrapper_pid(pjid), signal.SIGKILL)
+    state = wait_state(engine, site, pjid, {"failure", "success", "stopped"})
+    assert state.message.startswith("Wrapper crashed: the wrapper process ended (signal 9)")
+    wait_until(lambda: processes_in(project) == [], "RELION ended with its wrapper", limit=30)
+
+    live.add_movies(1)
+    quick = site.model_copy(update={"idle_seconds": 0})
+    site_file = write_site_file(quick, tmp_path / "resume.yaml")
+    assert main(["resume", "--config", str(site_file), str(pjid)]) == 0
+    assert "success: Import 4, MotionCorr 4/4" in capsys.readouterr().out
+    assert job_status(engine, site, pjid).state == "success"
+    assert len(program_rows(engine, pjid)) == 2  # the crash kept its own record
+    after = sorted((project / "MotionCorr").rglob("movie_*.mrc"))
+    assert len(after) == 4
+    assert all(p.stat().st_mtime_ns == before[p] for p in corrected), "finished movies redone"
+    assert processes_in(project) == []
+
+
+def test_resume_refuses_a_job_that_is_not_over(engine, live_visits, tmp_path, stack_settings,
+                                               capsys):
+    from runs import site_config
+
+    site = site_config(tmp_path, stack_settings)
+    live = live_visits(site)
+    pjid = live.start()
+    site_file = write_site_file(site, tmp_path / "site.yaml")
+    assert main(["resume", "--config", str(site_file), str(pjid)]) == 1
+    assert "is submitted; only a failed, stopped or lost job can be resumed" in (
+        capsys.readouterr().err)
+    assert program_rows(engine, pjid) == []
+
+
+def _read(path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
