@@ -30,11 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_store import cleanup, throwaway_job  # noqa: E402
 
-from relion_zo import broker, control, stack  # noqa: E402
+from relion_zo import broker, control  # noqa: E402
 from relion_zo.config import SiteConfig  # noqa: E402
 from relion_zo.db import make_engine  # noqa: E402
+from relion_zo.devstack import stack  # noqa: E402
+from relion_zo.devstack.services import LocalServices  # noqa: E402
 from relion_zo.relion_it.driver import processes_in  # noqa: E402
-from relion_zo.services import LocalServices  # noqa: E402
 from relion_zo.status import FINAL_STATES  # noqa: E402
 
 def watch(engine, site, pjids, limit=300.0) -> dict[int, dict[str, float]]:

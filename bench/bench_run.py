@@ -33,9 +33,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_store import cleanup, throwaway_job  # noqa: E402
 
-from relion_zo import stack  # noqa: E402
 from relion_zo.config import SiteConfig, load_config  # noqa: E402
 from relion_zo.db import make_engine  # noqa: E402
+from relion_zo.devstack import stack  # noqa: E402
 from relion_zo.relion_it.driver import processes_in  # noqa: E402
 
 

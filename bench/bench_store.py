@@ -18,10 +18,11 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from relion_zo import jobs, programs, stack, status, synthetic
+from relion_zo import jobs, programs, status
 from relion_zo.config import SiteConfig
 from relion_zo.db import make_engine
-from relion_zo.demo import remove_visit, seed_visit
+from relion_zo.devstack import stack, synthetic
+from relion_zo.devstack.demo import remove_visit, seed_visit
 
 PARAMS = {"angpix": "1.0", "voltage": "300", "Cs": "2.7", "motioncor_doseperframe": "1.0",
           "stop_after_motion_correction": "true"}
@@ -96,14 +97,7 @@ def main() -> int:
                     with Session(engine) as db:
                         rows = status.query_states(db, stale_seconds=30, **kw)
                     times.append(time.perf_counter() - t0)
-                print(f"status of {label} ({len(rows)} jobs): {ms(times)}")
-                times = []
-                for _ in range(50):
-                    t0 = time.perf_counter()
-                    with Session(engine) as db:
-                        rows = status.query_states_sql(db, stale_seconds=30, **kw)
-                    times.append(time.perf_counter() - t0)
-                print(f"sql/job_status.sql for {label} ({len(rows)} jobs): {ms(times)}")
+                print(f"status of {label} ({len(rows)} jobs, job_status.sql): {ms(times)}")
         finally:
             cleanup(engine, session_id)
     engine.dispose()

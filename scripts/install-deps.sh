@@ -28,6 +28,7 @@ fi
 
 # An editable install: later changes to the code need no reinstall (changes to setup.cfg do).
 if ! command -v relion-zo >/dev/null \
-   || ! python3 -c "import relion_zo, MySQLdb, zocalo, workflows, mrcfile, pytest" 2>/dev/null; then
+   || ! python3 -c "import relion_zo, MySQLdb, zocalo, workflows, mrcfile, pytest, wheel" \
+        2>/dev/null; then
   python3 -m pip install -q -e ".[test]"
 fi
