@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from relion_zo.errors import RelionZoError
 from relion_zo.paths import unsafe_reason
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 VISIT_FIELDS = frozenset({"data_root", "beamline", "year", "proposal", "visit"})
 PROJECT_FIELDS = frozenset({"visit_directory", "processing_job_id"})
@@ -70,6 +71,14 @@ class SiteConfig(BaseModel):
         "job folders for this long (a hung program)",
     )
     stale_heartbeats: int = Field(default=3, ge=1, le=1000)
+    resend_after_seconds: float = Field(
+        default=600.0, gt=0, le=7 * DAY,
+        description="a job still submitted this long after Start has its message sent again",
+    )
+    submitted_limit_seconds: float = Field(
+        default=DAY, gt=0, le=30 * DAY,
+        description="a job still submitted this long after Start is closed as a failure",
+    )
     database_retry_seconds: float = Field(
         default=900.0, ge=0, le=7 * DAY,
         description="how long a write is retried through a database outage before giving up",

@@ -14,12 +14,13 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+from ispyb.sqlalchemy import ProcessingJob
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ispyb.sqlalchemy import ProcessingJob
 from relion_zo import jobs, programs, project, status
 from relion_zo.config import SiteConfig
 from relion_zo.errors import InputError, NotFoundError, RelionZoError
@@ -100,6 +101,40 @@ def reap(
         except RelionZoError as exc:
             log.error("job %s: could not close it: %s", job.processing_job_id, exc)
     return closed
+
+
+@dataclass
+class Rescued:
+    never_started: list[int]  # programs closed as "claimed but never started"
+    resent: list[int]  # jobs whose message was sent again
+    failed: list[int]  # jobs never picked up within submitted_limit_seconds
+
+
+def rescue(
+    manager: JobManager, send: Callable[[int], None] | None = None,
+    last_sent: dict[int, float] | None = None, clock: Callable[[], float] = time.monotonic,
+) -> Rescued:
+    """Nothing stays ``submitted`` or ``queued`` forever: a program claimed but never started
+    for longer than the stale limit is closed; a job ``submitted`` for longer than
+    ``resend_after_seconds`` has its message sent again (when ``send`` is given; at most once
+    per that period, ``last_sent`` remembers when), and one ``submitted`` for longer than
+    ``submitted_limit_seconds`` is closed as a failure."""
+    config = manager.config
+    result = Rescued(manager.close_never_started(), [], [])
+    last_sent = {} if last_sent is None else last_sent
+    for pjid, age in manager.unsent_jobs():
+        if age > config.submitted_limit_seconds:
+            if manager.fail_never_picked_up(pjid, age):
+                result.failed.append(pjid)
+        elif send is not None and clock() - last_sent.get(pjid, -1e18) >= (
+                config.resend_after_seconds):
+            send(pjid)
+            last_sent[pjid] = clock()
+            result.resent.append(pjid)
+    for pjid in result.resent:
+        log.warning("job %s was still submitted after %.0f s: its message was sent again",
+                    pjid, config.resend_after_seconds)
+    return result
 
 
 def active_job_of(db: Session, config: SiteConfig, dcid: int) -> status.JobStatus | None:

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from relion_zo.errors import RelionZoError
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
+
+from relion_zo.errors import RelionZoError
 
 SECTION = "ispyb_sqlalchemy"
 log = logging.getLogger(__name__)

@@ -23,10 +23,9 @@ import functools
 import re
 from typing import Any
 
+from ispyb.sqlalchemy import ProcessingJob
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-
-from ispyb.sqlalchemy import ProcessingJob
 
 MAX_JOB_ID = 2**32 - 1  # ProcessingJob.processingJobId is an INT UNSIGNED in ISPyB
 RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")

@@ -215,6 +215,45 @@ class JobManager:
                                 programs.finish_lost(db, job.auto_proc_program_id,
                                                      self.config.stale_seconds, outcome.text()))
 
+    def close_never_started(self) -> list[int]:
+        """Programs claimed more than the stale limit ago that never started: closed as
+        ``Wrapper crashed`` (their claimer died before it started a wrapper). Their ids."""
+
+        def work(db: Session) -> list[int]:
+            closed = []
+            for program in programs.stuck_queued(db, self.config.stale_seconds):
+                outcome = Outcome("crashed", "claimed but never started (the process that "
+                                  "claimed it died)")
+                if programs.finish(db, program, success=False, message=outcome.text()):
+                    programs.add_message(db, program, "ERROR", outcome.text())
+                    closed.append(program)
+            return closed
+
+        return self.transaction("closing programs that never started", work)
+
+    def unsent_jobs(self) -> list[tuple[int, float]]:
+        """(job id, age) of relion jobs still ``submitted`` after ``resend_after_seconds``."""
+        return self.transaction("submitted jobs", lambda db: programs.stuck_submitted(
+            db, self.config.resend_after_seconds, status.RECIPE))
+
+    def fail_never_picked_up(self, pjid: int, age: float) -> bool:
+        """A job submitted ``age`` seconds ago that no worker ever took: closed as a failure
+        so that it stops blocking its data collection."""
+
+        def work(db: Session) -> bool:
+            self._locked_state(db, pjid)
+            program = programs.claim(db, pjid, command_line="relion_zo (never picked up)",
+                                     environment="")
+            if program is None:
+                return False
+            text = Outcome("failed", f"never picked up by a worker in {age / 3600:.1f} h; "
+                           "start it again").text()
+            programs.finish(db, program, success=False, message=text)
+            programs.add_message(db, program, "ERROR", text)
+            return True
+
+        return self.transaction(f"failing unsent job {pjid}", work)
+
     def lost_jobs(self, session_id: int | None = None) -> list[status.JobStatus]:
         return self.transaction("lost jobs", lambda db: status.lost_jobs(
             db, stale_seconds=self.config.stale_seconds, session_id=session_id))

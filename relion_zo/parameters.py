@@ -12,8 +12,6 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from relion_zo.errors import InputError
-from relion_zo.paths import unsafe_reason
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +20,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from relion_zo.errors import InputError
+from relion_zo.paths import unsafe_reason
 
 KEY_LENGTH = 80  # ProcessingJobParameter.parameterKey
 VALUE_LENGTH = 1024  # ProcessingJobParameter.parameterValue

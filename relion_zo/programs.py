@@ -16,15 +16,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sqlalchemy import func, insert, select, text, update
-from sqlalchemy.orm import Session
-
 from ispyb.sqlalchemy import (
     AutoProcProgram,
     AutoProcProgramAttachment,
     AutoProcProgramMessage,
     ProcessingJob,
 )
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.orm import Session
+
 from relion_zo.status import STOPPED_PREFIX
 
 log = logging.getLogger(__name__)
@@ -275,3 +275,34 @@ def claim(
     return db.execute(
         _new_program(processing_job_id, programs, command_line, environment)
     ).inserted_primary_key[0]
+
+
+def _older_than(column, seconds: float):
+    return func.timestampdiff(text("SECOND"), column, func.now()) > seconds
+
+
+def stuck_queued(db: Session, older_than: float) -> list[int]:
+    """Programs claimed longer than ``older_than`` seconds ago that never started (the process
+    that claimed them died before it started a wrapper)."""
+    return list(db.execute(
+        select(AutoProcProgram.autoProcProgramId).where(
+            AutoProcProgram.processingStatus.is_(None),
+            AutoProcProgram.processingStartTime.is_(None),
+            _older_than(AutoProcProgram.recordTimeStamp, older_than),
+        )
+    ).scalars())
+
+
+def stuck_submitted(db: Session, older_than: float, recipe: str) -> list[tuple[int, float]]:
+    """(job id, age in seconds) of jobs of ``recipe`` with no program, written more than
+    ``older_than`` seconds ago (their message never led to a run)."""
+    age = func.timestampdiff(text("SECOND"), ProcessingJob.recordTimestamp, func.now())
+    has_program = (select(AutoProcProgram.autoProcProgramId)
+                   .where(AutoProcProgram.processingJobId == ProcessingJob.processingJobId)
+                   .exists())
+    return [(pjid, float(seconds)) for pjid, seconds in db.execute(
+        select(ProcessingJob.processingJobId, age).where(
+            ProcessingJob.recipe == recipe, ~has_program,
+            age > older_than,
+        )
+    ).all()]

@@ -7,10 +7,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ispyb.sqlalchemy import BLSession, Proposal
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from ispyb.sqlalchemy import BLSession, Proposal
 from relion_zo.config import SiteConfig
 from relion_zo.errors import InputError, NotFoundError
 

@@ -39,7 +39,7 @@ import workflows.recipe
 from sqlalchemy.exc import SQLAlchemyError
 
 from relion_zo import control
-from relion_zo.broker import RUN_QUEUE, STOP_QUEUE
+from relion_zo.broker import PROCESSING_RECIPE, RUN_QUEUE, STOP_QUEUE
 from relion_zo.dispatch import step_job_id
 from relion_zo.errors import NotFoundError, RelionZoError
 from relion_zo.manager import JobManager, Outcome
@@ -111,6 +111,7 @@ class Supervisor:
         ack: Callable[[Any], None],
         reject: Callable[[Any], None],
         spawn: Callable[[int, int], Any] = spawn_wrapper,
+        send: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.manager = manager
@@ -118,7 +119,9 @@ class Supervisor:
         self.ack = ack
         self.reject = reject
         self.spawn = spawn
+        self.send = send
         self.clock = clock
+        self.last_sent: dict[int, float] = {}
         self.pending: list[Delivery] = []
         self.wrappers: list[Wrapper] = []
         self.database_ok_since: float | None = None
@@ -268,9 +271,11 @@ class Supervisor:
         this worker has reached the database for longer than the stale limit."""
         settled_for = (self.clock() - self.database_ok_since
                        if self.database_ok_since is not None else 0.0)
-        return control.reap(self.manager, skip={w.pjid for w in self.wrappers},
-                            include_remote=settled_for >= self.config.stale_seconds,
-                            by="closed by a worker")
+        closed = control.reap(self.manager, skip={w.pjid for w in self.wrappers},
+                              include_remote=settled_for >= self.config.stale_seconds,
+                              by="closed by a worker")
+        control.rescue(self.manager, self.send, self.last_sent, self.clock)
+        return closed
 
 
 # ---------------------------------------------------------------------------- the service
@@ -285,6 +290,7 @@ class WorkerService:
         self.transport = None
         supervisor.ack = self._ack
         supervisor.reject = self._reject
+        supervisor.send = self._send
 
     def subscriptions(self):
         # Prefetch 1: runs beyond worker_jobs wait here, one at most, unacknowledged.
@@ -309,6 +315,11 @@ class WorkerService:
 
     def _reject(self, header) -> None:
         self.transport.nack(header, requeue=False)
+
+    def _send(self, pjid: int) -> None:
+        """A Start's message again, as the web UIs send it."""
+        if self.transport is not None:
+            self.transport.send(PROCESSING_RECIPE, {"parameters": {"ispyb_process": pjid}})
 
 
 def ready_text(worker_jobs: int) -> str:

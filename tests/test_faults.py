@@ -32,7 +32,7 @@ def _wrapper_pid(pjid: int) -> int:
 
 def test_a_rabbitmq_restart_fails_no_running_job(engine, live_visits, services, tmp_path,
                                                  stack_settings):
-    site, _ = with_idle(services, tmp_path, stack_settings, 30)
+    site, _ = with_idle(services, tmp_path, stack_settings, OUTAGE * 3)
     live = live_visits(site)
     pjid = start_cli(services, live)
     wait_state(engine, site, pjid, {"running"})
@@ -57,7 +57,7 @@ def test_a_rabbitmq_restart_fails_no_running_job(engine, live_visits, services, 
 
 def test_a_mariadb_restart_fails_no_running_job(engine, live_visits, services, tmp_path,
                                                 stack_settings):
-    site, _ = with_idle(services, tmp_path, stack_settings, 30)
+    site, _ = with_idle(services, tmp_path, stack_settings, OUTAGE * 3)
     live = live_visits(site)
     pjid = start_cli(services, live)
     wait_state(engine, site, pjid, {"running"})
@@ -125,3 +125,46 @@ def _read(path) -> str:
         return path.read_text()
     except FileNotFoundError:
         return ""
+
+
+def test_nothing_stays_submitted_or_queued_forever(engine, live_visits, tmp_path, stack_settings):
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from relion_zo import broker, control
+    from relion_zo.manager import JobManager
+    from runs import site_config
+
+    site = site_config(tmp_path, stack_settings, resend_after_seconds=60,
+                       submitted_limit_seconds=3600)
+    manager = JobManager(engine, site)
+    unsent, ancient, claimed = (live_visits(site).start() for _ in range(3))
+    program = manager.claim(claimed, command_line="a worker that died at once", environment="")
+    with Session(engine) as db, db.begin():  # as if written a while ago
+        for pjid, minutes in ((unsent, 5), (ancient, 120)):
+            db.execute(text("UPDATE ProcessingJob SET recordTimestamp = NOW() - INTERVAL :m "
+                            "MINUTE WHERE processingJobId = :j"), {"m": minutes, "j": pjid})
+        db.execute(text("UPDATE AutoProcProgram SET recordTimeStamp = NOW() - INTERVAL 1 HOUR "
+                        "WHERE autoProcProgramId = :p"), {"p": program})
+    zocalo = stack_settings.zocalo_config_path
+    queue = broker.PROCESSING_RECIPE
+    broker.purge(zocalo, [queue])
+    sent = {}
+
+    def send(pjid: int) -> None:
+        broker.send(zocalo, [{"parameters": {"ispyb_process": pjid}}])
+
+    try:
+        result = control.rescue(manager, send, sent)
+        assert program in result.never_started
+        assert unsent in result.resent and ancient in result.failed
+        assert broker.queue_depths(zocalo, [queue])[queue] >= 1
+        assert job_status(engine, site, claimed).message.startswith(
+            "Wrapper crashed: claimed but never started")
+        assert job_status(engine, site, ancient).message.startswith(
+            "Failed: never picked up by a worker")
+        assert job_status(engine, site, unsent).state == "submitted"
+        # Sent once per resend period, not at every look.
+        assert unsent not in control.rescue(manager, send, sent).resent
+    finally:
+        broker.purge(zocalo, [queue])

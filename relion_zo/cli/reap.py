@@ -11,7 +11,6 @@ closed ends RELION itself. Workers do this by themselves; safe to run from cron 
 
 from __future__ import annotations
 
-
 from relion_zo import control
 from relion_zo.cli.common import Parser, add_config_option, guarded, open_site
 from relion_zo.db import session_scope
@@ -30,12 +29,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with session_scope(engine) as db:
                 session_id = find_visit(db, args.visit).session_id if args.visit else None
-            reaped = control.reap(JobManager(engine, config), session_id=session_id)
+            manager = JobManager(engine, config)
+            reaped = control.reap(manager, session_id=session_id)
+            rescued = control.rescue(manager)
         finally:
             engine.dispose()
         for pjid in reaped:
             print(f"processing job {pjid}: lost, recorded as failure")
         print(f"{len(reaped)} lost job(s) reaped")
+        for program in rescued.never_started:
+            print(f"program {program}: claimed but never started, recorded as failure")
+        for pjid in rescued.failed:
+            print(f"processing job {pjid}: never picked up, recorded as failure")
         return 0
 
     return guarded(body)

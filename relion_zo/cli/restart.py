@@ -7,7 +7,6 @@ sends it. With no active job it restarts the data collection's newest job.
 
 from __future__ import annotations
 
-
 from relion_zo import broker, control
 from relion_zo.cli.common import (
     Parser,

@@ -12,7 +12,6 @@ from pathlib import Path
 import yaml
 
 from relion_zo import jobs
-from relion_zo.config import UniqueKeyLoader, yaml_reason
 from relion_zo.cli.common import (
     Parser,
     add_config_option,
@@ -22,6 +21,7 @@ from relion_zo.cli.common import (
     open_site,
     send_job,
 )
+from relion_zo.config import UniqueKeyLoader, yaml_reason
 from relion_zo.db import session_scope
 from relion_zo.errors import InputError
 from relion_zo.parameters import pairs_from_args

@@ -7,9 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from sqlalchemy import delete, insert, select
-from sqlalchemy.orm import Session
-
 from ispyb.sqlalchemy import (
     AutoProcProgram,
     AutoProcProgramAttachment,
@@ -23,6 +20,9 @@ from ispyb.sqlalchemy import (
     ProcessingJobParameter,
     Proposal,
 )
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
 from relion_zo.devstack import synthetic
 from relion_zo.visits import parse_visit_name
 

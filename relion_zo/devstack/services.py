@@ -16,7 +16,6 @@ from relion_zo import broker
 from relion_zo.dispatcher import READY_TEXT as DISPATCHER_READY_TEXT
 from relion_zo.errors import RelionZoError
 
-
 READY_TEXT = "ready: up to"  # what relion_zo.worker logs once it consumes its queues
 
 

@@ -234,10 +234,9 @@ def _prepare_database(settings: StackSettings, password: str) -> None:
 
 def create_schema(engine) -> None:
     """ISPyB's tables from the ``ispyb`` package's ORM models, and ``AdminVar.schemaVersion``."""
+    from ispyb.sqlalchemy import AdminVar, Base, __schema_version__
     from sqlalchemy import insert, select
     from sqlalchemy.orm import Session
-
-    from ispyb.sqlalchemy import AdminVar, Base, __schema_version__
 
     Base.metadata.create_all(engine)
     with Session(engine) as db:
