@@ -26,9 +26,11 @@ if ((${#missing[@]})); then
     "${missing[@]}" >/dev/null
 fi
 
-# An editable install: later changes to the code need no reinstall (changes to setup.cfg do).
-if ! command -v relion-zo >/dev/null \
-   || ! python3 -c "import relion_zo, MySQLdb, zocalo, workflows, mrcfile, pytest, wheel" \
-        2>/dev/null; then
+# An editable install of *this* checkout: later changes to the code need no reinstall (changes
+# to setup.cfg do). Another checkout installed before (a second clone) is replaced.
+here=$(pwd -P)
+installed=$(cd / && python3 -c "import os, relion_zo, MySQLdb, zocalo, workflows, mrcfile, \
+pytest, wheel; print(os.path.realpath(relion_zo.__file__))" 2>/dev/null || true)
+if ! command -v relion-zo >/dev/null || [[ "$installed" != "$here"/* ]]; then
   python3 -m pip install -q -e ".[test]"
 fi
