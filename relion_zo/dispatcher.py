@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,10 +43,12 @@ from typing import Any
 
 import workflows
 import workflows.recipe
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from relion_zo import dispatch
 from relion_zo.broker import PROCESSING_RECIPE, dead_letter_queue
+from relion_zo.retry import is_transient
 from relion_zo.transport import (
     TRANSPORT_NAME,
     RelionPikaTransport,
@@ -181,10 +184,15 @@ def start_recipe(transport, header: Mapping, recipe: workflows.recipe.Recipe, gu
 class RelionDispatcher:
     """relion_zo's dispatch service on ``processing_recipe`` (run by ``relion_zo.serve``)."""
 
-    def __init__(self, recipes: RecipeFolder, engine):
+    def __init__(self, recipes: RecipeFolder, engine, *, retry_seconds: float = 900.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.recipes = recipes
         self.engine = engine
+        self.retry_seconds = retry_seconds
+        self.clock = clock
         self._transport = None
+        # Requests that met a database outage: (header, body, first seen, next try).
+        self.waiting: list[list] = []
 
     def subscriptions(self):
         return [(PROCESSING_RECIPE, 1, self.on_request)]
@@ -197,9 +205,15 @@ class RelionDispatcher:
 
     def detach(self) -> None:
         self._transport = None
+        self.waiting.clear()  # the broker has requeued them
 
     def poll(self) -> None:
-        pass
+        """Requests kept through a database outage are tried again, with backoff."""
+        now = self.clock()
+        for entry in list(self.waiting):
+            if entry[3] <= now:
+                self.waiting.remove(entry)
+                self.on_request(entry[0], entry[1], since=entry[2])
 
     def ready_text(self) -> str:
         return f"{READY_TEXT} (pid {os.getpid()}): recipes from {self.recipes.folder}"
@@ -211,12 +225,26 @@ class RelionDispatcher:
         with Session(self.engine) as db:
             return dispatch.stored_recipe(db, pjid)
 
-    def on_request(self, header: Mapping, body: bytes) -> None:
-        """One delivery on ``processing_recipe``; never raises."""
+    def on_request(self, header: Mapping, body: bytes, since: float | None = None) -> None:
+        """One delivery on ``processing_recipe``; never raises. A request that meets a
+        database outage is kept (unacknowledged) and tried again, not dead-lettered, for up to
+        ``retry_seconds``."""
+        first = since is None
+        since = self.clock() if since is None else since
         try:
             request = parse_request(body)
             names = recipes_for(request, self._stored_recipe)
             recipe = self.recipes.build(names, request.parameters)
+        except SQLAlchemyError as exc:
+            waited = self.clock() - since
+            if is_transient(exc) and waited < self.retry_seconds:
+                if first:
+                    log.warning("request %s waits for the database (%s)",
+                                header.get("message-id"), describe(exc))
+                delay = min(10.0, 1.0 + waited / 2)
+                self.waiting.append([header, body, since, self.clock() + delay])
+                return None
+            return self._dead_letter(header, f"database error: {describe(exc)}")
         except Exception as exc:  # noqa: BLE001 - every refusal is a dead letter
             return self._dead_letter(header, describe(exc))
         try:

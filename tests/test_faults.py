@@ -57,13 +57,18 @@ def test_a_rabbitmq_restart_fails_no_running_job(engine, live_visits, services, 
 
 def test_a_mariadb_restart_fails_no_running_job(engine, live_visits, services, tmp_path,
                                                 stack_settings):
+    from relion_zo import broker
+
     site, _ = with_idle(services, tmp_path, stack_settings, OUTAGE * 3)
     live = live_visits(site)
     pjid = start_cli(services, live)
+    later = start_cli(services, live_visits(site), "--no-send")  # sent during the outage
     wait_state(engine, site, pjid, {"running"})
     project = live.project(pjid)
     stack.stop_server(stack_settings, "mariadb")
     try:
+        # A Start's message arriving now is kept by the dispatcher, not dead-lettered.
+        broker.send(stack_settings.zocalo_config_path, [{"parameters": {"ispyb_process": later}}])
         time.sleep(OUTAGE)
         assert (project / pl.RUNNING_RELION_IT).exists()  # RELION went on without the database
     finally:
@@ -75,6 +80,9 @@ def test_a_mariadb_restart_fails_no_running_job(engine, live_visits, services, t
     assert state.state == "success", state.message
     assert len(program_rows(engine, pjid)) == 1
     assert processes_in(project) == []
+    assert wait_state(engine, site, later, {"success", "failure"}).state == "success"
+    depths = broker.queue_depths(stack_settings.zocalo_config_path)
+    assert all(depths[broker.dead_letter_queue(q)] == 0 for q in broker.QUEUES), depths
     assert services.alive()
 
 

@@ -67,7 +67,8 @@ def _dispatcher(config, engine, zocalo_config, site_file):
 
     storage = zocalo.configuration.from_file(str(zocalo_config)).storage or {}
     folder = storage.get("zocalo.recipe_directory") or packaged_recipe_directory()
-    service = RelionDispatcher(RecipeFolder(folder), engine)
+    service = RelionDispatcher(RecipeFolder(folder), engine,
+                               retry_seconds=config.database_retry_seconds)
     return service, service.ready_text()
 
 
