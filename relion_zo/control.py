@@ -113,14 +113,15 @@ class Rescued:
 def rescue(
     manager: JobManager, send: Callable[[int], None] | None = None,
     last_sent: dict[int, float] | None = None, clock: Callable[[], float] = time.monotonic,
+    starting: set[int] = frozenset(),
 ) -> Rescued:
     """Nothing stays ``submitted`` or ``queued`` forever: a program claimed but never started
-    for longer than the stale limit is closed; a job ``submitted`` for longer than
+    for ``manager.NEVER_STARTED_SECONDS`` is closed (not those in ``starting``); a job ``submitted`` for longer than
     ``resend_after_seconds`` has its message sent again (when ``send`` is given; at most once
     per that period, ``last_sent`` remembers when), and one ``submitted`` for longer than
     ``submitted_limit_seconds`` is closed as a failure."""
     config = manager.config
-    result = Rescued(manager.close_never_started(), [], [])
+    result = Rescued(manager.close_never_started(starting), [], [])
     last_sent = {} if last_sent is None else last_sent
     for pjid, age in manager.unsent_jobs():
         if age > config.submitted_limit_seconds:

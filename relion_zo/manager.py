@@ -53,6 +53,11 @@ OUTCOMES: dict[str, tuple[int, str]] = {
 }
 
 
+# A wrapper process marks its program running within seconds of being started (its Python
+# start-up); one still not running after this long will never be.
+NEVER_STARTED_SECONDS = 300.0
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended: ``kind`` (a key of ``OUTCOMES``) and what happened."""
@@ -215,13 +220,18 @@ class JobManager:
                                 programs.finish_lost(db, job.auto_proc_program_id,
                                                      self.config.stale_seconds, outcome.text()))
 
-    def close_never_started(self) -> list[int]:
-        """Programs claimed more than the stale limit ago that never started: closed as
-        ``Wrapper crashed`` (their claimer died before it started a wrapper). Their ids."""
+    def close_never_started(self, skip: set[int] = frozenset()) -> list[int]:
+        """Programs claimed more than ``NEVER_STARTED_SECONDS`` (or the stale limit, if
+        longer) ago that never started, except those in ``skip`` (wrappers known to be
+        starting): closed as ``Wrapper crashed`` (their claimer died before it started a
+        wrapper). Their ids."""
+        limit = max(NEVER_STARTED_SECONDS, self.config.stale_seconds)
 
         def work(db: Session) -> list[int]:
             closed = []
-            for program in programs.stuck_queued(db, self.config.stale_seconds):
+            for program in programs.stuck_queued(db, limit):
+                if program in skip:
+                    continue
                 outcome = Outcome("crashed", "claimed but never started (the process that "
                                   "claimed it died)")
                 if programs.finish(db, program, success=False, message=outcome.text()):

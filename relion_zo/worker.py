@@ -274,7 +274,8 @@ class Supervisor:
         closed = control.reap(self.manager, skip={w.pjid for w in self.wrappers},
                               include_remote=settled_for >= self.config.stale_seconds,
                               by="closed by a worker")
-        control.rescue(self.manager, self.send, self.last_sent, self.clock)
+        control.rescue(self.manager, self.send, self.last_sent, self.clock,
+                       starting={w.program for w in self.wrappers})
         return closed
 
 
