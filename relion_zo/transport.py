@@ -10,9 +10,10 @@ redelivery. ``RelionPikaTransport`` is that transport with two guards:
   that acknowledges, the delivery is rejected without requeue (so it goes to the queue's
   dead-letter queue); pika's thread carries on.
 
-It is registered under ``workflows.transport`` as ``RelionPikaTransport`` and ``relion-zo
-worker`` / ``relion-zo dispatcher`` start their services with it (``zocalo.service -t
-RelionPikaTransport``). Its connection settings are PikaTransport's own (filled in by the
+It is registered under ``workflows.transport`` as ``RelionPikaTransport``; ``relion-zo
+worker`` and ``relion-zo dispatcher`` consume with it in their own process
+(``relion_zo.serve``), and a zocalo service elsewhere can use it with ``-t
+RelionPikaTransport``. Its connection settings are PikaTransport's own (filled in by the
 zocalo configuration's ``plugin: pika`` section); it adds no command line options.
 
 What a service does with the body (``decode_body``) is here too: both of relion_zo's services

@@ -13,7 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stop": ("relion_zo.cli.stop", "stop a job (SynchWeb's Stop), through the broker or --local"),
     "restart": ("relion_zo.cli.restart", "stop a data collection's job and start it again"),
     "reprocess": ("relion_zo.cli.reprocess", "a new job from an old one's parameters (or a list)"),
-    "worker": ("relion_zo.cli.worker", "consume run and stop messages (a zocalo service)"),
+    "worker": ("relion_zo.cli.worker", "consume run and stop messages, start a wrapper per job"),
     "dispatcher": ("relion_zo.cli.worker", "turn processing_recipe requests into recipe steps"),
     "reap": ("relion_zo.cli.reap", "record a failure for jobs whose heartbeat stopped"),
     "status": ("relion_zo.cli.status", "job states by job id, data collection or visit"),
