@@ -17,13 +17,20 @@ from relion_zo.cli.common import (
     open_site,
     setup_logging,
 )
-from relion_zo.runner import run_job_until_signalled
+from relion_zo.manager import JobManager
+from relion_zo.runner import environment_text, run_job_until_signalled
 
 EXIT_CODES = {"success": 0, "stopped": 0, "failure": 1, "skipped": 3}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="relion-zo run", description=__doc__)
+    return run_command("relion-zo run", __doc__, argv)
+
+
+def run_command(prog: str, doc: str, argv: list[str] | None, *, resume: bool = False) -> int:
+    """``run`` and ``resume``: one job in the foreground. ``resume`` first makes the job a new
+    program and carries on in its own project."""
+    parser = Parser(prog=prog, description=doc)
     add_config_option(parser)
     parser.add_argument("job", type=identifier, help="the processing job id")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -40,10 +47,15 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(f"\rjob {args.job}: pass {progress.passes}: {progress.text()}   ")
                 sys.stdout.flush()
 
+        command = f"{prog} {args.job}"
         try:
+            program = None
+            if resume:
+                program = JobManager(engine, config).new_program(
+                    args.job, command_line=command, environment=environment_text())
             outcome = run_job_until_signalled(
                 args.job, engine=engine, config=config, on_progress=show,
-                command_line=f"relion-zo run {args.job}",
+                command_line=command, program_id=program, resume=resume,
             )
         finally:
             engine.dispose()
