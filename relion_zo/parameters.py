@@ -1,8 +1,11 @@
 """The relion_it parameter schema: RELION 3.1 relion_it option names, types, defaults, ranges.
 
-ISPyB stores every value as a string (``ProcessingJobParameter.parameterValue``). The same schema
-types them at Start, before anything is written, and again in the wrapper before anything touches
-disk. Errors name the key.
+ISPyB stores every value as a string (``ProcessingJobParameter.parameterValue``), as the user gave
+it: ``parse`` keeps the given text beside the typed value and ``explicit_items`` hands it back, so
+``voltage=300`` is stored as "300", never re-written as "300.0". The same schema types the values at
+Start, before anything is written, and again in the wrapper before anything touches disk. Ranges
+are what RELION accepts (a pixel size must be positive, a box even), not guesses at what is usual.
+Errors name the key.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,6 +31,24 @@ from relion_zo.paths import unsafe_reason
 KEY_LENGTH = 80  # ProcessingJobParameter.parameterKey
 VALUE_LENGTH = 1024  # ProcessingJobParameter.parameterValue
 MOVIE_SUFFIXES = (".mrc", ".mrcs", ".tif", ".tiff", ".eer")
+INT_MAX = 2**31 - 1  # RELION reads whole numbers into a C int
+# How booleans reach the table: 1/0 (PATo, SynchWeb), True/False (Python), true/false (JSON).
+BOOL_TEXT = {"1": True, "0": False, "true": True, "false": False}
+# relion_zo's own keys: not relion_it options.
+RELION_ZO_ONLY = frozenset({"stop_after_motion_correction"})
+# Keys a web UI writes that inform nothing here: accepted, stored as given, never passed on.
+NOT_APPLICABLE = {
+    "acquisition_software": "SynchWeb records the acquisition program (EPU, SerialEM); RELION "
+    "reads the movies the same way whichever wrote them",
+}
+
+
+def ends_in_movie_suffix(glob: str) -> bool:
+    """``*.mrc``, or ``*mrc`` as PATo builds it from an ``imageSuffix`` stored without its dot
+    (``<imageDirectory>/GridSquare*/Data/*<imageSuffix>``)."""
+    lowered = glob.lower()
+    return lowered.endswith(MOVIE_SUFFIXES) or lowered.endswith(
+        tuple("*" + suffix.lstrip(".") for suffix in MOVIE_SUFFIXES))
 
 
 class ParameterError(InputError):
@@ -38,7 +60,8 @@ class ParameterError(InputError):
 
 
 class RelionItParameters(BaseModel):
-    """relion_it 3.1 options that relion_zo reads. Keys are relion_it's own names."""
+    """relion_it 3.1 options that relion_zo reads. Keys are relion_it's own names, plus the keys
+    the web UIs write. Two sets are equal when their values are, however they were written."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,22 +72,22 @@ class RelionItParameters(BaseModel):
         description="glob of movies: Movies/<glob> (relion_it's form), a glob relative to the "
         "raw folder, or an absolute glob inside it; default: the data collection's template",
     )
-    angpix: float = Field(gt=0, le=20, description="pixel size of the movies in Å")
-    voltage: float = Field(ge=60, le=400, description="acceleration voltage in kV")
-    Cs: float = Field(ge=0, le=10, description="spherical aberration in mm")
+    angpix: float = Field(gt=0, description="pixel size of the movies in Å")
+    voltage: float = Field(gt=0, description="acceleration voltage in kV")
+    Cs: float = Field(ge=0, description="spherical aberration in mm (CTFFIND's minimum: 0)")
     ampl_contrast: float = Field(default=0.1, ge=0, le=1)
     stop_after_ctf_estimation: bool = True
     # relion_zo extension (not a relion_it key): motion correction is the last stage.
     stop_after_motion_correction: bool = False
     # --- Streaming
-    preprocess_repeat_times: int = Field(default=999, ge=1, le=100000)
+    preprocess_repeat_times: int = Field(default=999, ge=1, le=INT_MAX)
     preprocess_repeat_wait: float = Field(
-        default=1, ge=0, le=60, description="minutes between passes that found no new movie"
+        default=1, ge=0, description="minutes between passes that found no new movie"
     )
     # --- Motion correction
     motioncor_do_own: bool = True
-    motioncor_doseperframe: float = Field(gt=0, le=20, description="e/Å² per frame")
-    motioncor_binning: int = Field(default=1, ge=1, le=8)
+    motioncor_doseperframe: float = Field(gt=0, description="e/Å² per frame (per EER fraction)")
+    motioncor_binning: int = Field(default=1, ge=1, le=INT_MAX)
     motioncor_gainreference: str = Field(default="", max_length=VALUE_LENGTH)
     motioncor_gainflip: Literal[
         "No flipping (0)", "Flip upside down (1)", "Flip left to right (2)"
@@ -73,43 +96,65 @@ class RelionItParameters(BaseModel):
         "No rotation (0)", "90 degrees (1)", "180 degrees (2)", "270 degrees (3)"
     ] = "No rotation (0)"
     motioncor_defectfile: str = Field(default="", max_length=VALUE_LENGTH)
-    motioncor_bfactor: float = Field(default=150, ge=0, le=10000)
-    motioncor_patches_x: int = Field(default=5, ge=1, le=20)
-    motioncor_patches_y: int = Field(default=5, ge=1, le=20)
-    motioncor_threads: int = Field(default=1, ge=1, le=256)
-    motioncor_mpi: int = Field(default=1, ge=1, le=256)
+    motioncor_bfactor: float = Field(default=150, ge=0)
+    motioncor_patches_x: int = Field(default=5, ge=1, le=INT_MAX)
+    motioncor_patches_y: int = Field(default=5, ge=1, le=INT_MAX)
+    motioncor_threads: int = Field(default=1, ge=1, le=INT_MAX)
+    motioncor_mpi: int = Field(default=1, ge=1, le=INT_MAX)
     motioncor_gpu: str = Field(default="0", pattern=r"^[0-9:,]*$", max_length=80)
     motioncor_submit_to_queue: bool = False
-    # --- CTF estimation (CTFFIND 4.1; its executable comes from the site file)
+    eer_grouping: int = Field(
+        default=20,
+        ge=1,
+        le=INT_MAX,
+        description="EER frames per fraction (relion_it's default; relion_run_motioncorr's is 40)",
+    )
+    # --- CTF estimation (CTFFIND 4.1; its executable comes from the site file). The limits are
+    # the ones CTFFIND asks its questions with; RELION passes the values on unchecked.
     use_ctffind_instead: bool = True
-    ctffind_boxsize: int = Field(default=512, ge=64, le=4096)
-    ctffind_astigmatism: float = Field(default=100, ge=0, le=100000)
-    ctffind_maxres: float = Field(default=5, gt=0, le=100)
-    ctffind_minres: float = Field(default=30, gt=0, le=1000)
-    ctffind_defocus_min: float = Field(default=5000, ge=0, le=100000)
-    ctffind_defocus_max: float = Field(default=50000, ge=0, le=200000)
-    ctffind_defocus_step: float = Field(default=500, gt=0, le=10000)
+    ctffind_boxsize: int = Field(default=512, ge=128, le=INT_MAX)
+    # CTFFIND's astigmatism restraint; a negative value turns it off
+    ctffind_astigmatism: float = 100
+    ctffind_maxres: float = Field(default=5, gt=0)
+    ctffind_minres: float = Field(default=30, gt=0)
+    ctffind_defocus_min: float = 5000  # Å, positive for underfocus
+    ctffind_defocus_max: float = 50000
+    ctffind_defocus_step: float = Field(default=500, ge=1)
     ctffind_do_phaseshift: bool = False
-    ctffind_mpi: int = Field(default=1, ge=1, le=256)
+    ctffind_mpi: int = Field(default=1, ge=1, le=INT_MAX)
     ctffind_submit_to_queue: bool = False
     # --- Picking, extraction, classification: accepted and written to relion_it_options.py;
-    # relion_zo runs no stage after CTF estimation yet (stop_after_ctf_estimation must be true).
+    # relion_zo runs no stage after CTF estimation yet (stages.check_stages says so, naming it).
     autopick_do_LoG: bool = True
-    autopick_do_cryolo: bool = False
-    autopick_LoG_diam_min: float = Field(default=150, gt=0, le=10000)
-    autopick_LoG_diam_max: float = Field(default=180, gt=0, le=10000)
-    autopick_LoG_adjust_threshold: float = Field(default=0.0, ge=-1, le=1)
-    extract_boxsize: int = Field(default=256, ge=16, le=4096)
+    autopick_do_cryolo: bool = False  # Diamond's relion_it
+    autopick_LoG_diam_min: float = Field(default=150, gt=0)
+    autopick_LoG_diam_max: float = Field(default=180, gt=0)
+    autopick_LoG_adjust_threshold: float = 0.0
+    extract_boxsize: int = Field(default=256, gt=0, le=INT_MAX)
     extract_downscale: bool = False
-    extract_small_boxsize: int = Field(default=64, ge=16, le=4096)
+    extract_small_boxsize: int = Field(default=64, gt=0, le=INT_MAX)
     do_class2d: bool = True
     do_class3d: bool = True
+    # Diamond's relion_it: choose the 3D reference by FSC ("Best initial model from FSC").
+    use_fsc_criterion: bool = False
     do_second_pass: bool = True
-    batch_size: int = Field(default=10000, ge=1, le=10_000_000)
-    class2d_nr_classes: int = Field(default=50, ge=1, le=1000)
-    class2d_nr_iter: int = Field(default=20, ge=1, le=1000)
-    mask_diameter: float = Field(default=190, gt=0, le=10000)
+    do_class2d_pass2: bool = True
+    do_class3d_pass2: bool = False
+    batch_size: int = Field(default=10000, ge=1, le=INT_MAX)
+    class2d_nr_classes: int = Field(default=50, ge=1, le=INT_MAX)
+    class2d_nr_iter: int = Field(default=20, ge=1, le=INT_MAX)
+    mask_diameter: float = Field(default=190, gt=0)
     symmetry: str = Field(default="C1", pattern=r"^[A-Za-z][0-9A-Za-z]*$", max_length=10)
+    # --- Not applicable here (NOT_APPLICABLE): accepted and stored, never passed on.
+    acquisition_software: str | None = Field(default=None, max_length=80)
+
+    # The text each given key was given as (stripped), for the rows ISPyB stores.
+    _given: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RelionItParameters):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
 
     @field_validator("import_images")
     @classmethod
@@ -121,7 +166,7 @@ class RelionItParameters(BaseModel):
             raise ValueError(reason)
         if ".." in value.split("/"):
             raise ValueError("must not contain '..' (it must stay inside the raw folder)")
-        if not value.lower().endswith(MOVIE_SUFFIXES):
+        if not ends_in_movie_suffix(value):
             raise ValueError(f"must end in a movie suffix ({', '.join(MOVIE_SUFFIXES)})")
         return value
 
@@ -133,12 +178,19 @@ class RelionItParameters(BaseModel):
             raise ValueError(reason)
         return value
 
+    @field_validator("extract_boxsize")
+    @classmethod
+    def _even_box(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be even (RELION extracts even-sized boxes only)")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> RelionItParameters:
         if self.ctffind_minres <= self.ctffind_maxres:
             raise ValueError("ctffind_minres must be larger than ctffind_maxres (both in Å)")
-        if self.ctffind_defocus_min >= self.ctffind_defocus_max:
-            raise ValueError("ctffind_defocus_min must be below ctffind_defocus_max")
+        if self.ctffind_defocus_min > self.ctffind_defocus_max:
+            raise ValueError("ctffind_defocus_min must not be above ctffind_defocus_max")
         return self
 
     @field_validator("*", mode="after")
@@ -157,25 +209,30 @@ FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 INT_TEXT = re.compile(r"^[+-]?\d+(\.0*)?$")  # "300" or "300.0", as the web UIs' drivers write
 
 
-def _number_text(key: str, text: str) -> str:
-    """Refuse what Python would read but a person did not mean (``1_0``, ``nan``, `` inf``)."""
+def _checked_text(key: str, text: str) -> str:
+    """What pydantic is to read for ``text``: refuse what Python would read but a person did not
+    mean (``1_0``, ``nan``, ``yes`` for a boolean) and ``300.0`` for a whole number becomes 300."""
     kind = FIELDS[key].annotation
+    if kind is bool:
+        if text.lower() not in BOOL_TEXT:
+            raise ParameterError(key, f"is not a boolean: 1, 0, true or false (got {text!r})")
+        return text.lower()
     if kind not in (int, float):
         return text
-    value = text.strip()
-    if value.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+    if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
         raise ParameterError(key, f"must be a finite number (got {text!r})")
-    if kind is float and not FLOAT_TEXT.match(value):
+    if kind is float and not FLOAT_TEXT.match(text):
         raise ParameterError(key, f"is not a number (got {text!r})")
     if kind is int:
-        if not INT_TEXT.match(value):
+        if not INT_TEXT.match(text):
             raise ParameterError(key, f"is not a whole number (got {text!r})")
-        value = value.split(".")[0]
-    return value
+        text = text.split(".")[0]
+    return text
 
 
 def to_text(value: Any) -> str:
-    """The string ISPyB stores for a typed value; ``parse`` reads it back to the same value."""
+    """The text of a value given from code: ``300`` -> "300", ``True`` -> "true", strings as
+    they are. ``parse`` reads it back to the same value."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -195,8 +252,12 @@ def pairs_from_args(items: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def parse(pairs: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> RelionItParameters:
-    """Type and check parameters given as (key, value) pairs; values may be strings."""
+    """Type and check parameters given as (key, value) pairs; values may be strings.
+
+    The result remembers each value's text, stripped of surrounding blanks: ``explicit_items``
+    gives it back for ISPyB."""
     items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
+    given: dict[str, str] = {}
     raw: dict[str, str] = {}
     for key, value in items:
         if not isinstance(key, str) or not key:
@@ -207,26 +268,34 @@ def parse(pairs: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> RelionItParam
             raise ParameterError(key, "given more than once")
         if value is None:
             raise ParameterError(key, "has no value")
-        text = to_text(value)
+        text = to_text(value).strip()
         if len(text) > VALUE_LENGTH:
             raise ParameterError(key, f"value longer than {VALUE_LENGTH} characters")
-        raw[key] = _number_text(key, text)
+        given[key] = text
+        raw[key] = _checked_text(key, text)
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise ParameterError(missing[0], "is required" + (
             f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""))
     try:
-        return RelionItParameters.model_validate(raw)
+        params = RelionItParameters.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         key = str(first["loc"][0]) if first["loc"] else None
-        given = raw.get(key or "", "")
+        shown = given.get(key or "", "")
         msg = first["msg"].removeprefix("Value error, ")
         msg = msg[:1].lower() + msg[1:]
-        raise ParameterError(key, f"{msg} (got {given!r})" if key else msg) from None
+        raise ParameterError(key, f"{msg} (got {shown!r})" if key else msg) from None
+    params._given = given
+    return params
 
 
 def explicit_items(params: RelionItParameters) -> list[tuple[str, str]]:
-    """The keys a user set, as the strings ISPyB stores, in schema order."""
-    given = params.model_fields_set
-    return [(k, to_text(getattr(params, k))) for k in FIELDS if k in given]
+    """The keys a user set, as the strings ISPyB stores, in schema order: the text each was
+    given as (from ``parse``), else the text of its value."""
+    given = params._given
+    return [
+        (k, given[k] if k in given else to_text(getattr(params, k)))
+        for k in FIELDS
+        if k in params.model_fields_set
+    ]

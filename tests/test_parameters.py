@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+from ui_jobs import pato_rows, synchweb_rows
 
 from relion_zo import parameters as p
+from relion_zo.relion_it import options, stages
 
 GOOD = [("angpix", "1.06"), ("voltage", "300"), ("Cs", "2.7"), ("motioncor_doseperframe", "1.2")]
 
@@ -26,7 +30,8 @@ def test_stored_text_reads_back_to_the_same_values():
     typed = p.parse(GOOD + [("motioncor_gainreference", "gain.mrc"), ("ctffind_do_phaseshift", "1")])
     again = p.parse(p.explicit_items(typed))
     assert again == typed
-    assert dict(p.explicit_items(typed))["ctffind_do_phaseshift"] == "true"
+    assert p.explicit_items(again) == p.explicit_items(typed)
+    assert dict(p.explicit_items(typed))["ctffind_do_phaseshift"] == "1"
 
 
 def test_only_given_keys_are_stored():
@@ -41,6 +46,8 @@ def test_only_given_keys_are_stored():
         ([("angpix", "1.0")], "angpix", "more than once"),
         ([("motioncor_binning", "1.5")], "motioncor_binning", "whole number"),
         ([("motioncor_do_own", "maybe")], "motioncor_do_own", "boolean"),
+        ([("motioncor_do_own", "yes")], "motioncor_do_own", "1, 0, true or false"),
+        ([("extract_boxsize", "205")], "extract_boxsize", "even"),
         ([("ampl_contrast", "1.5")], "ampl_contrast", "less than or equal to 1"),
         ([("import_images", "../other/*.mrc")], "import_images", ".."),
         ([("import_images", "Movies/../../*.mrc")], "import_images", ".."),
@@ -60,9 +67,11 @@ def test_bad_values_name_the_key(extra, key, words):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("voltage", "1000"), ("voltage", "-300"), ("angpix", "0"), ("angpix", "inf"),
-     ("angpix", "nan"), ("motioncor_doseperframe", "0"), ("motioncor_doseperframe", "abc"),
-     ("Cs", "")],
+    [("voltage", "0"), ("voltage", "-300"), ("angpix", "0"), ("angpix", "-1"), ("angpix", "inf"),
+     ("angpix", "nan"), ("Cs", "-0.01"), ("Cs", "-inf"), ("motioncor_doseperframe", "0"),
+     ("motioncor_doseperframe", "abc"), ("Cs", ""), ("motioncor_binning", "-1"),
+     ("motioncor_mpi", "0"), ("motioncor_mpi", "4294967296"), ("ctffind_boxsize", "64"),
+     ("ctffind_defocus_step", "0.5")],
 )
 def test_out_of_range_or_not_numbers(key, value):
     pairs = [(k, v) for k, v in GOOD if k != key] + [(key, value)]
@@ -96,3 +105,137 @@ def test_sql_looking_values_are_plain_text():
 def test_ranges_that_depend_on_each_other():
     with pytest.raises(p.ParameterError, match="ctffind_minres"):
         p.parse(GOOD + [("ctffind_minres", "4"), ("ctffind_maxres", "5")])
+    with pytest.raises(p.ParameterError, match="ctffind_defocus_min"):
+        p.parse(GOOD + [("ctffind_defocus_min", "20000"), ("ctffind_defocus_max", "10000")])
+    # CTFFIND takes a fixed defocus (minimum = maximum)
+    assert p.parse(GOOD + [("ctffind_defocus_min", "20000"), ("ctffind_defocus_max", "20000")])
+
+
+# --- The keys the web UIs write, as they write them
+
+VISIT = "/dls/m02/data/2024/bi12345-1"
+RAW, GAIN = f"{VISIT}/raw", f"{VISIT}/processing/gain.mrc"
+SYNCHWEB_DEFAULT = dict(synchweb_rows(RAW, "GridSquare_*/Data/*.tiff", GAIN))
+SYNCHWEB_EER_SECOND_PASS = dict(synchweb_rows(RAW, "GridSquare_*/Data/*.eer", GAIN,
+                                              eer_second_pass=True))
+PATO_DEFAULT = dict(pato_rows(RAW, ".tiff", GAIN, stop_after_ctf=False))
+PATO_STOP_AFTER_CTF = dict(pato_rows(RAW, ".tiff", GAIN, stop_after_ctf=True))
+PATO_SUFFIX_WITHOUT_DOT = dict(pato_rows(RAW, "tiff", GAIN, stop_after_ctf=True))
+STAGE_MESSAGE = (
+    "parameter stop_after_ctf_estimation: relion_zo runs Import, MotionCorr and CtfFind; this job "
+    "asks for AutoPick (particle picking), which relion_zo does not run yet: set "
+    "stop_after_ctf_estimation=true"
+)
+
+
+@pytest.mark.parametrize("job", [SYNCHWEB_DEFAULT, SYNCHWEB_EER_SECOND_PASS, PATO_DEFAULT],
+                         ids=["synchweb", "synchweb-eer-second-pass", "pato"])
+def test_a_web_ui_default_job_parses_and_is_refused_naming_autopick(job):
+    typed = p.parse(job)
+    assert typed.stop_after_ctf_estimation is False and typed.extract_boxsize == 204
+    assert p.explicit_items(typed) == [(k, job[k]) for k in p.FIELDS if k in job]
+    with pytest.raises(p.ParameterError) as info:
+        stages.check_stages(typed)
+    assert info.value.key == "stop_after_ctf_estimation"
+    assert str(info.value) == STAGE_MESSAGE
+
+
+def test_the_stage_check_comes_first_and_is_an_input_error():
+    site = SimpleNamespace(executables=SimpleNamespace(
+        relion_pipeliner="/nonexistent/relion_pipeliner", motioncor2="", ctffind=""))
+    with pytest.raises(p.InputError, match="AutoPick"):
+        stages.check_capabilities(p.parse(PATO_DEFAULT), site)
+
+
+def test_a_web_ui_job_that_stops_after_ctf_passes_the_stage_check():
+    stages.check_stages(p.parse(PATO_STOP_AFTER_CTF))
+    # PATo's glob from an imageSuffix stored without its dot ends in "*tiff"
+    assert p.parse(PATO_SUFFIX_WITHOUT_DOT).import_images.endswith("/GridSquare*/Data/*tiff")
+    stages.check_stages(p.parse({**SYNCHWEB_DEFAULT, "stop_after_ctf_estimation": "1"}))
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "value", "bad", "words"),
+    [
+        ("acquisition_software", "SerialEM", "SerialEM", "x" * 81, "at most 80 characters"),
+        ("use_fsc_criterion", "1", True, "maybe", "boolean"),
+        ("do_class2d_pass2", "false", False, "2", "boolean"),
+        ("do_class3d_pass2", "True", True, "on", "boolean"),
+        ("eer_grouping", "32", 32, "0", "greater than or equal to 1"),
+        ("eer_grouping", "40.0", 40, "1.5", "whole number"),
+        ("extract_small_boxsize", "63", 63, "0", "greater than 0"),
+    ],
+)
+def test_the_keys_the_web_uis_write(key, text, value, bad, words):
+    assert getattr(p.parse(GOOD + [(key, text)]), key) == value
+    with pytest.raises(p.ParameterError) as info:
+        p.parse(GOOD + [(key, bad)])
+    assert info.value.key == key
+    assert str(info.value).startswith(f"parameter {key}: ") and words in str(info.value)
+
+
+def test_relion_it_defaults_of_the_new_keys():
+    typed = p.parse(GOOD)
+    assert typed.eer_grouping == 20 and typed.use_fsc_criterion is False
+    assert typed.do_class2d_pass2 is True and typed.do_class3d_pass2 is False
+    assert typed.acquisition_software is None
+
+
+def test_acquisition_software_is_stored_but_not_a_relion_it_option():
+    typed = p.parse(SYNCHWEB_DEFAULT)
+    assert dict(p.explicit_items(typed))["acquisition_software"] == "EPU"
+    assert "acquisition_software" in p.NOT_APPLICABLE
+    text = options.options_text(typed, {}, processing_job_id=1)
+    assert "acquisition_software" not in text and "EPU" not in text
+    assert "use_fsc_criterion = False" in text and "extract_boxsize = 204" in text
+
+
+@pytest.mark.parametrize(("key", "text"), [
+    ("angpix", "100"), ("angpix", "0.02"), ("angpix", "250"), ("voltage", "1000"), ("Cs", "0"),
+    ("Cs", "20"), ("motioncor_doseperframe", "25"), ("motioncor_binning", "3"),
+    ("ctffind_astigmatism", "-1"), ("ctffind_defocus_min", "-2000"), ("ctffind_boxsize", "8192"),
+    ("autopick_LoG_diam_max", "4000"), ("autopick_LoG_adjust_threshold", "-2"),
+    ("mask_diameter", "12000"), ("class2d_nr_classes", "2000"), ("preprocess_repeat_wait", "120"),
+])
+def test_ranges_are_what_relion_accepts(key, text):
+    pairs = [(k, v) for k, v in GOOD if k != key] + [(key, text)]
+    assert getattr(p.parse(pairs), key) == float(text)
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("1", True), ("0", False), ("True", True), ("False", False), ("true", True),
+    ("false", False), ("TRUE", True), (" 1 ", True), (True, True), (False, False), (1, True),
+])
+def test_booleans_as_the_web_uis_and_code_write_them(text, value):
+    assert p.parse(GOOD + [("do_class2d", text)]).do_class2d is value
+
+
+@pytest.mark.parametrize(("given", "stored"), [
+    ("300", "300"), ("300.0", "300.0"), (" 300 ", "300"), (300, "300"), (300.0, "300.0"),
+    (299.5, "299.5"),
+])
+def test_values_are_stored_as_given(given, stored):
+    typed = p.parse([(k, v) for k, v in GOOD if k != "voltage"] + [("voltage", given)])
+    assert dict(p.explicit_items(typed))["voltage"] == stored
+    again = p.parse(p.explicit_items(typed))
+    assert again == typed and p.explicit_items(again) == p.explicit_items(typed)
+
+
+def test_booleans_from_code_are_stored_as_true_and_false():
+    rows = dict(p.explicit_items(p.parse(GOOD + [("do_class2d", False), ("do_class3d", True)])))
+    assert (rows["do_class2d"], rows["do_class3d"]) == ("false", "true")
+
+
+def test_the_same_values_written_differently_are_equal():
+    assert p.parse(GOOD) == p.parse([(k, v + " ") for k, v in GOOD[:-1]] + [
+        ("motioncor_doseperframe", "1.20")])
+    assert p.parse(GOOD + [("motioncor_binning", "2.0")]) == p.parse(GOOD + [("motioncor_binning", 2)])
+
+
+def test_eer_movies_get_relion_its_grouping_in_motion_correction():
+    site = SimpleNamespace(executables=SimpleNamespace(ctffind="ctffind", motioncor2=""))
+    typed = p.parse(GOOD + [("eer_grouping", "32")])
+    motioncor = dict(stages.stages(typed, site, "Movies/*.eer", "")[1].options)
+    assert motioncor["Additional arguments:"] == "--eer_grouping 32"
+    motioncor = dict(stages.stages(typed, site, "Movies/*.tiff", "")[1].options)
+    assert "Additional arguments:" not in motioncor

@@ -9,11 +9,12 @@ import datetime as dt
 from pathlib import Path
 
 from relion_zo import __version__
-from relion_zo.parameters import FIELDS, RelionItParameters
+from relion_zo.parameters import FIELDS, NOT_APPLICABLE, RELION_ZO_ONLY, RelionItParameters
 
 OPTIONS_FILE = "relion_it_options.py"
-# relion_zo's own keys; relion_it would print "Unrecognised option" for them.
-NOT_RELION_IT = frozenset({"stop_after_motion_correction"})
+# relion_zo's own keys (relion_it would print "Unrecognised option" for them) and the keys a web
+# UI writes that inform nothing: neither is a relion_it option.
+NOT_RELION_IT = RELION_ZO_ONLY | frozenset(NOT_APPLICABLE)
 
 
 def options_text(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from relion_zo.config import SiteConfig
 from relion_zo.errors import InputError
-from relion_zo.parameters import RelionItParameters
+from relion_zo.parameters import ParameterError, RelionItParameters
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,23 @@ def _executable(value: str | None) -> str | None:
     return found if found and os.access(found, os.X_OK) else None
 
 
+def check_stages(params: RelionItParameters) -> None:
+    """Refuse a job that asks for a stage relion_zo does not run yet, naming the first one.
+
+    Such a job parses (a web UI's default asks for the whole pipeline), so its stored rows stay
+    readable; this is the one check that refuses it, before anything is written or run."""
+    if not params.stop_after_ctf_estimation:
+        raise ParameterError(
+            "stop_after_ctf_estimation",
+            # relion_it 3.1's run_pipeline picks particles next, whatever the other keys say
+            "relion_zo runs Import, MotionCorr and CtfFind; this job asks for AutoPick (particle "
+            "picking), which relion_zo does not run yet: set stop_after_ctf_estimation=true",
+        )
+
+
 def check_capabilities(params: RelionItParameters, config: SiteConfig) -> None:
     """Refuse, before anything is written or run, what this site or relion_zo cannot do."""
-    if not params.stop_after_ctf_estimation:
-        raise InputError(
-            "parameter stop_after_ctf_estimation: relion_zo runs import, motion correction and "
-            "CTF estimation only; set it to true"
-        )
+    check_stages(params)
     for key in ("motioncor_submit_to_queue", "ctffind_submit_to_queue"):
         if getattr(params, key):
             raise InputError(f"parameter {key}: queue submission is not configured at this site")
@@ -118,6 +128,8 @@ def stages(
         ("Number of threads:", p.motioncor_threads),
         ("Submit to queue?", False),
     ]
+    if import_images.lower().endswith(".eer"):  # as relion_it passes it
+        motioncor.append(("Additional arguments:", f"--eer_grouping {p.eer_grouping}"))
     if not p.motioncor_do_own:
         motioncor += [
             ("MOTIONCOR2 executable:", config.executables.motioncor2),
