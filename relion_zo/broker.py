@@ -2,9 +2,11 @@
 
 Queues (all durable quorum queues, so a message survives a broker restart):
 
-- ``processing_recipe``: ``relion-zo dispatcher`` (or zocalo's Dispatcher) reads it; the web
-  UIs write ``{"parameters": {"ispyb_process": PJID}}`` to it, and ``zocalo.go -r relion`` and
-  ``relion-zo start`` write ``{"recipes": ["relion"], "parameters": {"ispyb_process": PJID}}``;
+- ``processing_recipe``: ``relion-zo dispatcher`` (or zocalo's Dispatcher) reads it; PATo,
+  SynchWeb and ``relion-zo start`` write ``{"parameters": {"ispyb_process": PJID}}`` to it (the
+  recipe is the job's ``ProcessingJob.recipe``), ``zocalo.go -r relion`` adds
+  ``"recipes": ["relion"]``, and SynchWeb's Stop and ``relion-zo stop`` send the
+  ``relion-stop`` recipe;
 - ``relion``: recipe steps that run the wrapper, read by ``relion-zo worker``;
 - ``relion.stop``: recipe steps that stop a job, read by ``relion-zo worker``.
 
@@ -156,6 +158,11 @@ def purge(zocalo_config: Path, queues) -> None:
     with _channel(zocalo_config) as channel:
         for name in queues:
             channel.queue_purge(name)
+
+
+def start_message(processing_job_id: int) -> dict:
+    """What PATo and SynchWeb send for a job they wrote: no recipe, the job's own is used."""
+    return {"parameters": {"ispyb_process": processing_job_id}}
 
 
 def recipe_message(recipe: str, processing_job_id: int, **parameters) -> dict:

@@ -21,6 +21,7 @@ from relion_zo.paths import unsafe_reason
 VISIT_FIELDS = frozenset({"data_root", "beamline", "year", "proposal", "visit"})
 PROJECT_FIELDS = frozenset({"visit_directory", "processing_job_id"})
 DAY = 86400.0
+SIDES = ("web", "processing")  # who runs a command: docs/ispyb.md
 
 ENV_VAR = "RELION_ZO_CONFIG"
 
@@ -87,6 +88,7 @@ class SiteConfig(BaseModel):
         default=1, ge=1, le=64, description="jobs one worker runs at once (its prefetch count)"
     )
     ispyb_credentials: Path | None = None
+    ispyb_web_credentials: Path | None = None
     zocalo_config: Path | None = None
     executables: Executables = Executables()
 
@@ -115,8 +117,14 @@ class SiteConfig(BaseModel):
         """A running job whose heartbeat is older than this is lost."""
         return self.heartbeat_seconds * self.stale_heartbeats
 
-    def credentials_path(self) -> Path:
-        """The ISPyB credentials INI: the configured path, else ``ISPYB_CREDENTIALS``."""
+    def credentials_path(self, side: str = "processing") -> Path:
+        """The ISPyB credentials INI of one side (docs/ispyb.md): the processing side's is
+        ``ispyb_credentials``, else ``ISPYB_CREDENTIALS``; the web side's is
+        ``ispyb_web_credentials`` when set, else the processing side's."""
+        if side not in SIDES:
+            raise ValueError(f"side {side!r} is not one of {SIDES}")
+        if side == "web" and self.ispyb_web_credentials is not None:
+            return self.ispyb_web_credentials
         return _configured_or_env(self.ispyb_credentials, "ISPYB_CREDENTIALS",
                                   "ISPyB credentials", "ispyb_credentials")
 
@@ -198,7 +206,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> SiteConfig:
     if not isinstance(roots, list) or not all(isinstance(r, str) and r for r in roots):
         raise ConfigError(f"site configuration {path}: data_roots must be a list of folders")
     raw["data_roots"] = [_resolve(r, base) for r in roots]
-    for key in ("ispyb_credentials", "zocalo_config"):
+    for key in ("ispyb_credentials", "ispyb_web_credentials", "zocalo_config"):
         if raw.get(key) is not None:
             raw[key] = _resolve(raw[key], base)
     visit_template = raw.get("visit_directory")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from relion_zo import schema
 from relion_zo.config import SiteConfig, load_config
 from relion_zo.db import make_engine
 from relion_zo.errors import RelionZoError
@@ -36,9 +38,29 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_site(args: argparse.Namespace) -> tuple[SiteConfig, Engine]:
+def open_site(args: argparse.Namespace, side: str) -> tuple[SiteConfig, Engine]:
+    """The site file and an engine with the ISPyB credentials of ``side`` ("web" for Start,
+    stop, restart, reprocess; "processing" for the rest: docs/ispyb.md)."""
     config = load_config(args.config)
-    return config, make_engine(config.credentials_path())
+    engine = make_engine(config.credentials_path(side))
+    try:
+        schema.check(engine, side)
+    except BaseException:
+        engine.dispose()
+        raise
+    return config, engine
+
+
+def who() -> str:
+    """``user@host`` of this shell, for the record of who asked for a stop."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 log = logging.getLogger(__name__)
@@ -101,7 +123,7 @@ def send_job(zocalo, pjid: int) -> None:
     from relion_zo import broker
 
     try:
-        broker.send(zocalo, [broker.recipe_message(broker.RUN_RECIPE, pjid)])
+        broker.send(zocalo, [broker.start_message(pjid)])
     except broker.BrokerError as exc:
         raise broker.BrokerError(
             f"processing job {pjid} was written but not sent ({exc}); run the same start again "

@@ -31,7 +31,7 @@ def start_or_resume(demo) -> int:
     """Start a job for the demo's movies; a job that was started but never run is reused."""
     config = load_config(demo.config_path)
     parameters = yaml.safe_load(Path(demo.parameters_path).read_text())
-    engine = make_engine(config.credentials_path())
+    engine = make_engine(config.credentials_path("web"))
     try:
         with session_scope(engine) as db:
             try:
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("== Start (ISPyB rows, then a message to processing_recipe)")
                 pjid = start_or_resume(demo)
                 broker.send(settings.zocalo_config_path,
-                            [broker.recipe_message(broker.RUN_RECIPE, pjid)])
+                            [broker.start_message(pjid)])
                 print("== the worker runs RELION (Import and motion correction)", flush=True)
                 final = follow(demo.config_path, pjid)
             code = 0 if final == "success" else 1

@@ -26,8 +26,9 @@ def seed(args: argparse.Namespace):
             return make_demo(
                 db,
                 Path(args.root),
-                settings.credentials_path.resolve(),
+                settings.processing_credentials_path.resolve(),
                 settings.zocalo_config_path.resolve(),
+                web_credentials=settings.web_credentials_path.resolve(),
                 visit=args.visit,
                 movies=args.movies,
             )

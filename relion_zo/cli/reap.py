@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        config, engine = open_site(args)
+        config, engine = open_site(args, "processing")
         try:
             with session_scope(engine) as db:
                 session_id = find_visit(db, args.visit).session_id if args.visit else None
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"program {program}: claimed but never started, recorded as failure")
         for pjid in rescued.failed:
             print(f"processing job {pjid}: never picked up, recorded as failure")
+        for pjid in rescued.stopped:
+            print(f"processing job {pjid}: asked to stop before it ran, recorded as stopped")
         return 0
 
     return guarded(body)

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if (args.job is None) == (args.from_file is None):
             raise InputError("give a job id or --from-file FILE")
         overrides = pairs_from_args(args.set)
-        config, engine = open_site(args)
+        config, engine = open_site(args, "web")
         zocalo = None if args.no_send else config.zocalo_path()
         if zocalo is not None:
             check_broker(zocalo)  # before anything is written

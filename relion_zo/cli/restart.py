@@ -16,6 +16,7 @@ from relion_zo.cli.common import (
     identifier,
     open_site,
     send_job,
+    who,
 )
 from relion_zo.db import session_scope
 from relion_zo.manager import JobManager
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         overrides = pairs_from_args(args.set)
-        config, engine = open_site(args)
+        config, engine = open_site(args, "web")
         zocalo = None if args.local else config.zocalo_path()
         if zocalo is not None:
             check_broker(zocalo)  # before anything is stopped or written
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                     old = active.processing_job_id
                     if zocalo is None:
                         print(JobManager(engine, config).request_stop(
-                            old, "relion-zo restart").message)
+                            old, f"relion-zo restart ({who()})", close=False).message)
                     else:
                         broker.send(zocalo, [broker.recipe_message(broker.STOP_RECIPE, old)])
                         print(f"processing job {old}: stop sent")

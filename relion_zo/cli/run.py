@@ -37,7 +37,7 @@ def run_command(prog: str, doc: str, argv: list[str] | None, *, resume: bool = F
     args = parser.parse_args(argv)
 
     def body() -> int:
-        config, engine = open_site(args)
+        config, engine = open_site(args, "processing")
         tty = sys.stdout.isatty()
         if not tty:
             setup_logging(args.verbose)

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
             server = info[name]
             state = f"running (pid {server['pid']})" if server["running"] else "stopped"
             print(f"{name:9} 127.0.0.1:{server['port']}  {state}")
-        print(f"export ISPYB_CREDENTIALS={info['credentials']}")
+        print(f"processing side's ISPyB credentials: {info['processing_credentials']}")
+        print(f"web side's ISPyB credentials:        {info['web_credentials']}")
         print(f"export ZOCALO_CONFIG={info['zocalo_config']}")
         return 0 if args.action == "up" or all(info[n]["running"] for n in ("mariadb", "rabbitmq")) else 3
 

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         pairs = read_params_file(args.params_file) if args.params_file else []
         pairs += pairs_from_args(args.param)
-        config, engine = open_site(args)
+        config, engine = open_site(args, "web")
         zocalo = None if args.no_send else config.zocalo_path()
         if zocalo is not None:  # a broker that cannot be reached: say so before writing
             check_broker(zocalo)

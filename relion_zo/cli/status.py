@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         if sum(x is not None for x in (args.job, args.dcid, args.visit)) != 1:
             raise InputError("give exactly one of: a job id, --dcid or --visit")
-        config, engine = open_site(args)
+        config, engine = open_site(args, "processing")
         try:
             with session_scope(engine) as db:
                 session_id = find_visit(db, args.visit).session_id if args.visit else None

@@ -4,7 +4,9 @@ By default it sends the ``relion-stop`` recipe through the broker (what SynchWeb
 worker that receives it records a stop request in ISPyB, and the job's wrapper, wherever it
 runs, sees it within a second, ends RELION and records ``stopped``. A job that is only submitted
 or queued is closed at once so that no wrapper starts it. ``--local`` records the request from
-this shell without the broker. ``--wait`` waits until the job's status is final.
+this shell without the broker, with the web side's grants (a ProcessingJobParameter row): a
+running job stops within a second, and a worker closes a submitted or queued one at its next
+round (``docs/ispyb.md``). ``--wait`` waits until the job's status is final.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ from __future__ import annotations
 import argparse
 
 from relion_zo import broker, control
-from relion_zo.cli.common import Parser, add_config_option, guarded, identifier, open_site
+from relion_zo.cli.common import (
+    Parser,
+    add_config_option,
+    guarded,
+    identifier,
+    open_site,
+    who,
+)
 from relion_zo.db import session_scope
 from relion_zo.errors import InputError
 from relion_zo.manager import JobManager
@@ -36,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         if (args.job is None) == (args.dcid is None):
             raise InputError("give a job id or --dcid")
-        config, engine = open_site(args)
+        config, engine = open_site(args, "web")
         try:
             with session_scope(engine) as db:
                 if args.dcid is not None:
@@ -48,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     pjid = args.job
                 if args.local:
-                    result = JobManager(engine, config).request_stop(pjid, "relion-zo stop")
+                    result = JobManager(engine, config).request_stop(
+                        pjid, f"relion-zo stop ({who()})", close=False)
                     print(result.message)
                     stopped = result.action != "final"
                 elif (state := control.job_state(db, config, pjid)).state in FINAL_STATES:

@@ -13,11 +13,14 @@ they share the queue.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import threading
 
 from relion_zo.cli.common import Parser, add_config_option, guarded, setup_logging
+
+log = logging.getLogger(__name__)
 
 
 def _serve(prog: str, build, argv: list[str] | None) -> int:
@@ -36,6 +39,7 @@ def _serve(prog: str, build, argv: list[str] | None) -> int:
         config = load_config(site_file)
         zocalo = config.zocalo_path()
         engine = make_engine(config.credentials_path())
+        check_schema(engine)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: stop.set())
@@ -70,6 +74,19 @@ def _dispatcher(config, engine, zocalo_config, site_file):
     service = RelionDispatcher(RecipeFolder(folder), engine,
                                retry_seconds=config.database_retry_seconds)
     return service, service.ready_text()
+
+
+def check_schema(engine) -> None:
+    """The schema and grants a worker needs (``schema.check``), before it consumes anything; a
+    database that is down now is left to the retries of the work itself."""
+    from sqlalchemy.exc import OperationalError
+
+    from relion_zo import schema
+
+    try:
+        schema.check(engine, "processing")
+    except OperationalError as exc:
+        log.warning("could not check ISPyB's schema now: %s", exc.orig)
 
 
 def main(argv: list[str] | None = None) -> int:

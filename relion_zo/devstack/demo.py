@@ -123,7 +123,10 @@ def remove_visit(db: Session, session_id: int) -> None:
     db.commit()
 
 
-def write_site_config(path: Path, data_root: Path, credentials: Path, zocalo: Path | None) -> Path:
+def write_site_config(path: Path, data_root: Path, credentials: Path, zocalo: Path | None,
+                      web_credentials: Path | None = None) -> Path:
+    """The demo's site file; ``credentials`` are the processing side's, ``web_credentials``
+    the web side's (docs/ispyb.md)."""
     config = {
         "data_roots": [str(data_root)],
         "visit_directory": str(data_root) + "/{year}/{visit}",
@@ -132,6 +135,7 @@ def write_site_config(path: Path, data_root: Path, credentials: Path, zocalo: Pa
         "stale_heartbeats": 3,
         "idle_seconds": 10,  # a demo has no more movies coming: finish soon after the last
         "ispyb_credentials": str(credentials),
+        "ispyb_web_credentials": str(web_credentials) if web_credentials else None,
         "zocalo_config": str(zocalo) if zocalo else None,
         "executables": {"relion_pipeliner": "relion_pipeliner", "ctffind": None},
     }
@@ -146,6 +150,7 @@ def make_demo(
     credentials: Path,
     zocalo: Path | None = None,
     *,
+    web_credentials: Path | None = None,
     visit: str = DEMO_VISIT,
     movies: int = 4,
     size: int = 512,
@@ -169,7 +174,8 @@ def make_demo(
     gain = visit_dir / "processing" / GAIN_NAME
     if not gain.exists():
         synthetic.write_gain(gain, size=size)
-    config_path = write_site_config(root / "relion_zo.yaml", data_root, credentials, zocalo)
+    config_path = write_site_config(root / "relion_zo.yaml", data_root, credentials, zocalo,
+                                    web_credentials)
     parameters_path = root / "parameters.yaml"
     parameters_path.write_text(yaml.safe_dump(DEMO_PARAMETERS, sort_keys=False))
     return DemoVisit(

@@ -3,8 +3,11 @@ processes in a private folder, bound to loopback, for the demo and the tests.
 
 ``up`` is idempotent: it starts what is not running, waits until each server answers, creates
 the ISPyB database, its user and its tables (from the ``ispyb`` package's ORM models) once, and
-writes the credentials files. RabbitMQ has one user, relion_zo's (its ``guest`` administrator is
-deleted). ``down`` stops both by pid and leaves nothing running. A facility
+writes the credentials files. ISPyB's tables are latin1, as ISPyB's own schema declares them, and
+MariaDB has three users: an administrator (the stack itself, the demo's seeding, the tests'
+observers) and one user per side of relion_zo holding only its role from
+``relion_zo/sql/grants.sql`` (``ispyb-web.ini``, ``ispyb-processing.ini``). RabbitMQ has one user,
+relion_zo's (its ``guest`` administrator is deleted). ``down`` stops both by pid and leaves nothing running. A facility
 points its site file at its real servers instead and never calls this module.
 """
 
@@ -32,6 +35,8 @@ RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 EPMD = "/usr/lib/erlang/bin/epmd"
 DB_USER = "relion_zo"
+SIDE_USERS = {"web": "relion_zo_web", "processing": "relion_zo_processing"}  # user = its role
+SCHEMA_MARK = "latin1, roles 1\n"  # what schema.done holds; another text means build it again
 MQ_USER = "relion_zo"
 START_TIMEOUT = 90.0
 CONSUMER_TIMEOUT_MS = 7 * 24 * 3600 * 1000
@@ -64,7 +69,16 @@ class StackSettings:
 
     @property
     def credentials_path(self) -> Path:
+        """The administrator's credentials: not for relion_zo's commands."""
         return self.root / "ispyb.ini"
+
+    @property
+    def web_credentials_path(self) -> Path:
+        return self.root / "ispyb-web.ini"
+
+    @property
+    def processing_credentials_path(self) -> Path:
+        return self.root / "ispyb-processing.ini"
 
     @property
     def zocalo_config_path(self) -> Path:
@@ -135,11 +149,23 @@ def _secrets(settings: StackSettings) -> dict[str, str]:
     if path.exists():
         return json.loads(path.read_text())
     values = {"mariadb": secrets.token_urlsafe(18), "rabbitmq": secrets.token_urlsafe(18)}
+    return _save_secrets(settings, values)
+
+
+def _save_secrets(settings: StackSettings, values: dict[str, str]) -> dict[str, str]:
     settings.root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(settings.secrets_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(values, handle)
     return values
+
+
+def _side_password(settings: StackSettings, side: str) -> str:
+    values = _secrets(settings)
+    if side not in values:  # a stack made before the side users existed
+        values[side] = secrets.token_urlsafe(18)
+        _save_secrets(settings, values)
+    return values[side]
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -195,50 +221,112 @@ def _start_mariadb(settings: StackSettings) -> None:
     raise StackError(f"MariaDB did not start (exit {server.poll()}) within {START_TIMEOUT:.0f} s: {_log_tail(error_log)}")
 
 
-def _root_sql(settings: StackSettings, *statements: str) -> None:
+def _root_sql(settings: StackSettings, *statements: str) -> list[tuple]:
+    """Statements as MariaDB's root (its socket); the rows of the last one."""
     import MySQLdb  # mysqlclient; imported here so nothing connects or loads at import time
 
     try:
         conn = MySQLdb.connect(unix_socket=str(settings.socket), user="root")
     except MySQLdb.Error as exc:
         raise StackError(f"cannot connect to the local MariaDB as root: {exc}") from None
+    rows: list[tuple] = []
     try:
         cursor = conn.cursor()
         for statement in statements:
             cursor.execute(statement)
+            rows = list(cursor.fetchall() or ())
         conn.commit()
     finally:
         conn.close()
+    return rows
+
+
+def root_sql(settings: StackSettings, *statements: str) -> list[tuple]:
+    """For tests that manage users and grants: the local MariaDB's root, over its socket."""
+    return _root_sql(settings, *statements)
+
+
+def _ini(settings: StackSettings, user: str, password: str) -> str:
+    return ("[ispyb_sqlalchemy]\n"
+            f"username = {user}\npassword = {password}\nhost = 127.0.0.1\n"
+            f"port = {settings.mariadb_port}\ndatabase = {settings.database}\n")
+
+
+def _users(user: str, quoted_password: str) -> list[str]:
+    statements = []
+    for host in ("localhost", "127.0.0.1"):
+        statements += [
+            f"CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY {quoted_password}",
+            f"ALTER USER '{user}'@'{host}' IDENTIFIED BY {quoted_password}",
+        ]
+    return statements
 
 
 def _prepare_database(settings: StackSettings, password: str) -> None:
+    """A fresh latin1 database (an older stack's is dropped) and the administrator."""
     import MySQLdb
 
     db, user = settings.database, DB_USER
     quoted = MySQLdb.string_literal(password.encode()).decode()
-    statements = [f"CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4"]
-    for host in ("localhost", "127.0.0.1"):
-        statements += [
-            f"CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY {quoted}",
-            f"ALTER USER '{user}'@'{host}' IDENTIFIED BY {quoted}",
-            f"GRANT ALL PRIVILEGES ON `{db}`.* TO '{user}'@'{host}'",
-        ]
+    statements = [f"DROP DATABASE IF EXISTS `{db}`",
+                  f"CREATE DATABASE `{db}` CHARACTER SET latin1 COLLATE latin1_swedish_ci"]
+    statements += _users(user, quoted)
+    statements += [f"GRANT ALL PRIVILEGES ON `{db}`.* TO '{user}'@'{host}'"
+                   for host in ("localhost", "127.0.0.1")]
     _root_sql(settings, *statements)
-    _write_private(
-        settings.credentials_path,
-        "[ispyb_sqlalchemy]\n"
-        f"username = {user}\npassword = {password}\nhost = 127.0.0.1\n"
-        f"port = {settings.mariadb_port}\ndatabase = {db}\n",
-    )
+    _write_private(settings.credentials_path, _ini(settings, user, password))
+
+
+def sql_statements(text: str) -> list[str]:
+    """The statements of a plain SQL file (``--`` comments, ``;`` at line ends)."""
+    lines = [line.split("--", 1)[0].rstrip() for line in text.splitlines()]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+
+
+def _prepare_side_users(settings: StackSettings) -> None:
+    """relion_zo's roles exactly as ``relion_zo/sql/grants.sql`` has them, and one user per side
+    holding only its role."""
+    from importlib import resources
+
+    import MySQLdb
+
+    grants = sql_statements((resources.files("relion_zo") / "sql" / "grants.sql").read_text())
+    # Dropped first, so a grant taken out of grants.sql is gone here too.
+    statements = [f"USE `{settings.database}`", *(f"DROP ROLE IF EXISTS {role}"
+                                                   for role in SIDE_USERS.values()), *grants]
+    for side, user in SIDE_USERS.items():
+        password = _side_password(settings, side)
+        quoted = MySQLdb.string_literal(password.encode()).decode()
+        statements += _users(user, quoted)
+        for host in ("localhost", "127.0.0.1"):
+            statements += [f"GRANT {user} TO '{user}'@'{host}'",
+                           f"SET DEFAULT ROLE {user} FOR '{user}'@'{host}'"]
+    _root_sql(settings, *statements)
+    for side, user in SIDE_USERS.items():
+        path = (settings.web_credentials_path if side == "web"
+                else settings.processing_credentials_path)
+        _write_private(path, _ini(settings, user, _side_password(settings, side)))
 
 
 def create_schema(engine) -> None:
-    """ISPyB's tables from the ``ispyb`` package's ORM models, and ``AdminVar.schemaVersion``."""
+    """ISPyB's tables from the ``ispyb`` package's ORM models, in latin1 as ISPyB declares them
+    (the ORM alone would take the server's default), ISPyB's procedure for program messages
+    (``routines.sql``: relion_zo's own text with ISPyB's name, parameters and effect) and
+    ``AdminVar.schemaVersion``."""
+    from importlib import resources
+
     from ispyb.sqlalchemy import AdminVar, Base, __schema_version__
     from sqlalchemy import insert, select
     from sqlalchemy.orm import Session
 
+    for table in Base.metadata.sorted_tables:
+        table.kwargs.setdefault("mysql_charset", "latin1")
     Base.metadata.create_all(engine)
+    routines = (resources.files("relion_zo.devstack") / "routines.sql").read_text()
+    with engine.begin() as conn:
+        for statement in routines.split("\n$$\n"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
     with Session(engine) as db:
         known = db.execute(select(AdminVar.value).where(AdminVar.name == "schemaVersion")).first()
         if known is None:
@@ -247,7 +335,8 @@ def create_schema(engine) -> None:
 
 
 def _schema_ready(settings: StackSettings) -> bool:
-    return (settings.mariadb_dir / "schema.done").exists()
+    mark = settings.mariadb_dir / "schema.done"
+    return mark.exists() and mark.read_text() == SCHEMA_MARK
 
 
 # ---------------------------------------------------------------- RabbitMQ
@@ -435,7 +524,8 @@ def up(settings: StackSettings) -> dict:
             create_schema(engine)
         finally:
             engine.dispose()
-        (settings.mariadb_dir / "schema.done").write_text("ok\n")
+        (settings.mariadb_dir / "schema.done").write_text(SCHEMA_MARK)
+    _prepare_side_users(settings)  # cheap and idempotent: keeps the roles as grants.sql has them
     if not _rabbit_running(settings):
         log.info("starting RabbitMQ on 127.0.0.1:%s", settings.rabbitmq_port)
         _start_rabbitmq(settings, passwords["rabbitmq"])
@@ -473,6 +563,8 @@ def status(settings: StackSettings) -> dict:
             "port": settings.rabbitmq_port,
         },
         "credentials": str(settings.credentials_path),
+        "web_credentials": str(settings.web_credentials_path),
+        "processing_credentials": str(settings.processing_credentials_path),
         "zocalo_config": str(settings.zocalo_config_path),
     }
 
