@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ispyb.sqlalchemy import ProcessingJob
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from relion_zo import jobs, programs, project, status
@@ -98,8 +99,9 @@ def reap(
             if manager.close_lost(job, by):
                 closed.append(job.processing_job_id)
                 log.warning("job %s: lost (its wrapper is gone), closed", job.processing_job_id)
-        except RelionZoError as exc:
-            log.error("job %s: could not close it: %s", job.processing_job_id, exc)
+        except (RelionZoError, SQLAlchemyError) as exc:  # a refusal: the next job all the same
+            log.error("job %s: could not close it: %s", job.processing_job_id,
+                      " ".join(str(getattr(exc, "orig", None) or exc).split()))
     return closed
 
 
@@ -108,6 +110,7 @@ class Rescued:
     never_started: list[int]  # programs closed as "claimed but never started"
     resent: list[int]  # jobs whose message was sent again
     failed: list[int]  # jobs never picked up within submitted_limit_seconds
+    stopped: list[int]  # jobs the web side asked to stop before they ran, now closed
 
 
 def rescue(
@@ -115,13 +118,15 @@ def rescue(
     last_sent: dict[int, float] | None = None, clock: Callable[[], float] = time.monotonic,
     starting: set[int] = frozenset(),
 ) -> Rescued:
-    """Nothing stays ``submitted`` or ``queued`` forever: a program claimed but never started
+    """Nothing stays ``submitted`` or ``queued`` forever: a job asked to stop is closed as
+    stopped (``JobManager.settle_stop_requests``); a program claimed but never started
     for ``manager.NEVER_STARTED_SECONDS`` is closed (not those in ``starting``); a job ``submitted`` for longer than
     ``resend_after_seconds`` has its message sent again (when ``send`` is given; at most once
     per that period, ``last_sent`` remembers when), and one ``submitted`` for longer than
     ``submitted_limit_seconds`` is closed as a failure."""
     config = manager.config
-    result = Rescued(manager.close_never_started(starting), [], [])
+    result = Rescued(manager.close_never_started(starting), [], [],
+                     manager.settle_stop_requests())
     last_sent = {} if last_sent is None else last_sent
     for pjid, age in manager.unsent_jobs():
         if age > config.submitted_limit_seconds:

@@ -40,8 +40,10 @@ from relion_zo import retry as retry_mod
 from relion_zo import status as status_mod
 from relion_zo.config import SiteConfig
 from relion_zo.errors import ActiveJobError, ForeignJobError, InputError, NotFoundError
+from relion_zo.latin1 import describe, unstorable
 from relion_zo.parameters import ParameterError, RelionItParameters
 from relion_zo.paths import check_shell_safe, checked_absolute, checked_relative, confine
+from relion_zo.programs import STOP_KEY
 from relion_zo.project import check_gain_reference, visit_file
 from relion_zo.relion_it.stages import check_capabilities
 from relion_zo.visits import Visit, find_visit, visit_by_session_id, visit_directory
@@ -267,6 +269,19 @@ def release_folder_locks(db: Session) -> None:
             bind.execute(text("DO RELEASE_LOCK(:name)"), {"name": name})
 
 
+def check_storable(items: list[tuple[Any, Any]], **fields: Any) -> None:
+    """Refuse, naming the field, text that ISPyB's latin1 columns cannot hold (``latin1``)."""
+    named = [(f"parameter {key}", value) for key, value in items if isinstance(value, str)]
+    named += [(f"parameter key {key!r}"[:60], key) for key, _ in items if isinstance(key, str)]
+    named += [(name.replace("_", " "), str(value)) for name, value in fields.items()
+              if value is not None]
+    for field, value in named:
+        char = unstorable(value)
+        if char is not None:
+            raise InputError(f"{field}: contains {describe(char)}, which ISPyB's latin1 "
+                             "columns cannot store; use Latin-1 characters only")
+
+
 def plan_start(
     db: Session,
     config: SiteConfig,
@@ -283,7 +298,10 @@ def plan_start(
     """Every check of a Start: parameters, names, the visit, the folder, its movies and the
     files the parameters name. Reads without locking anything and writes nothing; raises a
     ``RelionZoError`` naming what is wrong."""
-    typed = params_mod.parse(parameters)
+    items = list(parameters.items()) if isinstance(parameters, Mapping) else list(parameters)
+    check_storable(items, visit=visit, image_directory=image_directory,
+                   file_template=file_template, display_name=display_name, comments=comments)
+    typed = params_mod.parse(items)
     check_capabilities(typed, config)
     if display_name is not None and len(display_name) > DISPLAY_NAME_LENGTH:
         raise InputError(f"display name is longer than {DISPLAY_NAME_LENGTH} characters")
@@ -450,10 +468,12 @@ def start_job(
 
 
 def stored_items(db: Session, processing_job_id: int) -> list[tuple[str, str]]:
-    """A job's parameter rows as (key, value), in the order they were written."""
+    """A job's parameter rows as (key, value), in the order they were written; a stop request
+    (``programs.STOP_KEY``) is a record about the job, not a parameter."""
     return [tuple(row) for row in db.execute(
         select(ProcessingJobParameter.parameterKey, ProcessingJobParameter.parameterValue)
-        .where(ProcessingJobParameter.processingJobId == processing_job_id)
+        .where(ProcessingJobParameter.processingJobId == processing_job_id,
+               ProcessingJobParameter.parameterKey != STOP_KEY)
         .order_by(ProcessingJobParameter.processingJobParameterId)
     ).all()]
 

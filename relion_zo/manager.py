@@ -10,10 +10,15 @@ the statements, which never commit.
       │            │              │
       │            └── a beat or check that finds the job final, or a stop requested, tells
       │                the wrapper to end RELION
-      └── request_stop: submitted/queued/lost → final at once; running → a request recorded in
-          ISPyB (an AutoProcProgramMessage "Stop requested by …") that the wrapper sees within
-          a second and acts on
+      └── request_stop: a request recorded in ISPyB (a ProcessingJobParameter row
+          ``relion_zo_stop_request``) that a running wrapper sees within a second and acts on;
+          on the processing side a submitted, queued or lost job is closed at once, and a
+          worker closes those the web side could only ask for (``settle_stop_requests``)
     close_lost: a job whose wrapper is gone (``docs/status.md``)
+
+A failure's reason is also written as an ERROR AutoProcProgramMessage row (what the web UIs
+show), in a transaction of its own after the final status: a message that cannot be written
+(the database refuses it) is logged and never undoes or hides the recorded outcome.
 
 Why a job ended is data: ``Outcome.kind`` is one of ``OUTCOMES`` and becomes the status and the
 message prefix (docs/status.md lists them), so a user's stop, a service shutdown, a wrapper
@@ -30,12 +35,13 @@ from typing import TypeVar
 
 from ispyb.sqlalchemy import ProcessingJob
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from relion_zo import programs, status
 from relion_zo.config import SiteConfig
 from relion_zo.errors import InputError, NotFoundError
-from relion_zo.retry import retrying
+from relion_zo.retry import DatabaseUnavailable, retrying
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -138,8 +144,10 @@ class JobManager:
     def check(self, program: int) -> Check:
         def work(db: Session) -> Check:
             row = programs.program_row(db, program)
-            return Check(final=row is None or row.processingStatus is not None,
-                         stop_request=programs.stop_requested(db, program))
+            if row is None:
+                return Check(final=True, stop_request=None)
+            return Check(final=row.processingStatus is not None,
+                         stop_request=programs.stop_requested(db, row.processingJobId, program))
 
         return self.transaction(f"check of program {program}", work)
 
@@ -159,7 +167,10 @@ class JobManager:
 
         def work(db: Session) -> Check:
             moved = programs.heartbeat(db, program, message)
-            return Check(final=not moved, stop_request=programs.stop_requested(db, program))
+            row = programs.program_row(db, program)
+            request = (programs.stop_requested(db, row.processingJobId, program)
+                       if row is not None else None)
+            return Check(final=not moved, stop_request=request)
 
         return self.transaction(f"heartbeat of program {program}", work)
 
@@ -167,27 +178,43 @@ class JobManager:
         """The final status, once, with an ERROR row for a failure. False (and nothing
         written) when the program already had one."""
 
-        def work(db: Session) -> bool:
-            written = programs.finish(db, program, success=outcome.success,
-                                      message=outcome.text())
-            if written and not outcome.success:
-                programs.add_message(db, program, "ERROR", outcome.text(),
-                                     description=outcome.description or outcome.detail)
-            return written
+        written = self.transaction(f"final status of program {program}", lambda db:
+                                   programs.finish(db, program, success=outcome.success,
+                                                   message=outcome.text()))
+        if written and not outcome.success:
+            self.note(program, "ERROR", outcome.text(),
+                      outcome.description or outcome.detail)
+        return written
 
-        return self.transaction(f"final status of program {program}", work)
+    def note(self, program: int, severity: str, message: str,
+             description: str | None = None) -> bool:
+        """An AutoProcProgramMessage row, in its own transaction. A refusal (a missing grant
+        or procedure) or an outage longer than the retry limit is logged, not raised: the
+        message is extra, the status already says how the job ended."""
+        try:
+            self.transaction(f"message of program {program}", lambda db: programs.add_message(
+                db, program, severity, message, description))
+            return True
+        except (SQLAlchemyError, DatabaseUnavailable) as exc:
+            log.warning("program %s: its %s message could not be written: %s", program,
+                        severity, " ".join(str(getattr(exc, "orig", None) or exc).split()))
+            return False
 
     def attach(self, program: int, path: Path, file_type: str, rank: int) -> None:
         self.transaction(f"attachment of program {program}", lambda db: programs.attach(
             db, program, path, file_type, rank))
 
-    def request_stop(self, pjid: int, by: str) -> StopResult:
-        """Stop a job whatever its state (SynchWeb's and PATo's Stop, ``relion-zo stop``):
+    def request_stop(self, pjid: int, by: str, *, close: bool = True) -> StopResult:
+        """Stop a job whatever its state (SynchWeb's Stop, ``relion-zo stop``):
 
-        - submitted: a program is claimed and closed as stopped, so it never starts;
-        - queued or lost: closed as stopped (nothing runs it);
         - running: a stop request is recorded; its wrapper ends RELION within a second or two
           and writes ``stopped`` (and removes its own ``RUNNING_RELION_IT``);
+        - submitted, queued or lost, with ``close`` (the processing side, whose role may write
+          AutoProcProgram): closed as stopped at once (a submitted job gets a program first, so
+          it never starts);
+        - the same without ``close`` (the web side, whose role may not): the request is
+          recorded; a wrapper that takes the job stops at once, and a worker closes the job
+          (``settle_stop_requests``);
         - final: nothing to do.
         """
 
@@ -195,30 +222,63 @@ class JobManager:
             job = self._locked_state(db, pjid)
             if job.state in status.FINAL_STATES:
                 return StopResult(pjid, "final", f"processing job {pjid} is already {job.state}")
-            program = job.auto_proc_program_id
-            if job.state == "submitted":
-                program = programs.claim(db, pjid, command_line=f"relion-zo stop ({by})",
-                                         environment="stopped before it started")
-            if job.state in ("submitted", "queued", "lost"):
-                detail = ("the job had stopped responding" if job.state == "lost"
-                          else "stopped before it started")
-                programs.finish(db, program, success=True,
-                                message=Outcome("stopped", f"{detail} ({by})").text())
+            if close and job.state in ("submitted", "queued", "lost"):
+                detail = self._close_stopped(db, job, by)
                 return StopResult(pjid, "marked", f"processing job {pjid}: {detail}")
-            programs.request_stop(db, program, by)
-            return StopResult(pjid, "requested",
-                              f"processing job {pjid}: stop requested; it will stop")
+            program = job.auto_proc_program_id
+            programs.request_stop(db, pjid, program, by)
+            if job.state == "running":
+                return StopResult(pjid, "requested",
+                                  f"processing job {pjid}: stop requested; it will stop")
+            return StopResult(pjid, "requested", f"processing job {pjid} is {job.state}: stop "
+                              "requested; a worker closes it")
 
         return self.transaction(f"stop of job {pjid}", work)
+
+    def _close_stopped(self, db: Session, job: status.JobStatus, by: str) -> str:
+        """Close a submitted, queued or lost job as stopped, in the caller's transaction."""
+        program = job.auto_proc_program_id
+        if job.state == "submitted":
+            program = programs.claim(db, job.processing_job_id,
+                                     command_line=f"relion-zo stop ({by})",
+                                     environment="stopped before it started")
+        detail = ("the job had stopped responding" if job.state == "lost"
+                  else "stopped before it started")
+        programs.finish(db, program, success=True,
+                        message=Outcome("stopped", f"{detail} ({by})").text())
+        return detail
+
+    def settle_stop_requests(self) -> list[int]:
+        """Close, as stopped, the submitted, queued and lost jobs that the web side asked to
+        stop (running ones stop themselves). Their ids."""
+
+        def work(db: Session) -> list[int]:
+            closed = []
+            for pjid in programs.open_stop_requests(db):
+                job = self._locked_state(db, pjid)
+                if job.state not in ("submitted", "queued", "lost"):
+                    continue
+                request = programs.stop_requested(db, pjid, job.auto_proc_program_id)
+                if request is not None:
+                    self._close_stopped(db, job, request.removeprefix(
+                        programs.STOP_REQUEST + " ").removeprefix("by "))
+                    closed.append(pjid)
+            return closed
+
+        return self.transaction("closing jobs asked to stop", work)
 
     def close_lost(self, job: status.JobStatus, by: str) -> bool:
         """Failure for a job whose wrapper is gone; only while it is still lost (a run that
         just beat again is left alone)."""
         since = f"{job.heartbeat:%Y-%m-%d %H:%M:%S}" if job.heartbeat else "its start"
         outcome = Outcome("lost", f"no heartbeat since {since} ({by})")
-        return self.transaction(f"closing lost job {job.processing_job_id}", lambda db:
-                                programs.finish_lost(db, job.auto_proc_program_id,
-                                                     self.config.stale_seconds, outcome.text()))
+        closed = self.transaction(f"closing lost job {job.processing_job_id}", lambda db:
+                                  programs.finish_lost(db, job.auto_proc_program_id,
+                                                       self.config.stale_seconds,
+                                                       outcome.text()))
+        if closed:
+            self.note(job.auto_proc_program_id, "ERROR", outcome.text())
+        return closed
 
     def close_never_started(self, skip: set[int] = frozenset()) -> list[int]:
         """Programs claimed more than ``NEVER_STARTED_SECONDS`` (or the stale limit, if
@@ -235,11 +295,13 @@ class JobManager:
                 outcome = Outcome("crashed", "claimed but never started (the process that "
                                   "claimed it died)")
                 if programs.finish(db, program, success=False, message=outcome.text()):
-                    programs.add_message(db, program, "ERROR", outcome.text())
                     closed.append(program)
             return closed
 
-        return self.transaction("closing programs that never started", work)
+        closed = self.transaction("closing programs that never started", work)
+        for program in closed:
+            self.note(program, "ERROR", Outcome("crashed", "claimed but never started").text())
+        return closed
 
     def unsent_jobs(self) -> list[tuple[int, float]]:
         """(job id, age) of relion jobs still ``submitted`` after ``resend_after_seconds``."""
@@ -250,19 +312,22 @@ class JobManager:
         """A job submitted ``age`` seconds ago that no worker ever took: closed as a failure
         so that it stops blocking its data collection."""
 
-        def work(db: Session) -> bool:
+        def work(db: Session) -> tuple[int, str] | None:
             self._locked_state(db, pjid)
             program = programs.claim(db, pjid, command_line="relion_zo (never picked up)",
                                      environment="")
             if program is None:
-                return False
+                return None
             text = Outcome("failed", f"never picked up by a worker in {age / 3600:.1f} h; "
                            "start it again").text()
             programs.finish(db, program, success=False, message=text)
-            programs.add_message(db, program, "ERROR", text)
-            return True
+            return program, text
 
-        return self.transaction(f"failing unsent job {pjid}", work)
+        failed = self.transaction(f"failing unsent job {pjid}", work)
+        if failed is None:
+            return False
+        self.note(failed[0], "ERROR", failed[1])
+        return True
 
     def lost_jobs(self, session_id: int | None = None) -> list[status.JobStatus]:
         return self.transaction("lost jobs", lambda db: status.lost_jobs(

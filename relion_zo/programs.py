@@ -5,6 +5,12 @@
 - a final status (0 or 1) is written once and never changed: every update below is guarded by
   ``processingStatus IS NULL``, so a late heartbeat or a second finish changes nothing.
 
+Text is made storable in ISPyB's latin1 columns first (``relion_zo.latin1``). A failure's
+reason goes into an AutoProcProgramMessage row through ISPyB's procedure
+``upsert_processing_program_message`` (ISPyB's processing role may not insert into that table);
+a stop request is a ProcessingJobParameter row (``STOP_KEY``), the one per-job table both of
+ISPyB's roles may insert into.
+
 Times are the database's ``NOW()``, the same clock the status rules compare against. Only the
 columns named here are touched, so a database without ``AutoProcProgram.jobUuid`` (schema 5.0)
 works too. These functions run inside the caller's transaction and never commit or roll back:
@@ -19,12 +25,13 @@ from pathlib import Path
 from ispyb.sqlalchemy import (
     AutoProcProgram,
     AutoProcProgramAttachment,
-    AutoProcProgramMessage,
     ProcessingJob,
+    ProcessingJobParameter,
 )
-from sqlalchemy import func, insert, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, insert, or_, select, text, update
+from sqlalchemy.orm import Session, aliased
 
+from relion_zo.latin1 import storable
 from relion_zo.status import STOPPED_PREFIX
 
 log = logging.getLogger(__name__)
@@ -39,9 +46,10 @@ SEVERITIES = ("ERROR", "WARNING", "INFO")
 
 
 def clip(text: str | None, length: int) -> str | None:
+    """One line of at most ``length`` characters that a latin1 column can hold."""
     if text is None:
         return None
-    text = " ".join(str(text).split())
+    text = storable(" ".join(str(text).split()))
     return text if len(text) <= length else text[: length - 1] + "…"
 
 
@@ -146,8 +154,6 @@ def finish_lost(db: Session, program_id: int, stale_seconds: float, message: str
         )
         .values(processingStatus=0, processingMessage=clip(message, MESSAGE_LENGTH)),
     )
-    if written:
-        add_message(db, program_id, "ERROR", message)
     return bool(written)
 
 
@@ -169,8 +175,8 @@ def attach(
         insert(AutoProcProgramAttachment).values(
             autoProcProgramId=program_id,
             fileType=file_type,
-            fileName=path.name[:255],
-            filePath=str(path.parent)[:255],
+            fileName=storable(path.name)[:255],
+            filePath=storable(str(path.parent))[:255],
             importanceRank=importance_rank,
             recordTimeStamp=func.now(),
         ),
@@ -180,49 +186,87 @@ def attach(
 
 def add_message(
     db: Session, program_id: int, severity: str, message: str, description: str | None = None
-) -> int:
+) -> None:
+    """An AutoProcProgramMessage row, through ISPyB's procedure (the pages read these)."""
     if severity not in SEVERITIES:
         raise ValueError(f"severity {severity!r} is not one of {SEVERITIES}")
-    return _execute(
-        db,
-        insert(AutoProcProgramMessage).values(
-            autoProcProgramId=program_id,
-            severity=severity,
-            message=clip(message, NOTE_LENGTH),
-            description=description,
-        ),
-        key=True,
+    db.execute(text("SET @relion_zo_message = NULL"))
+    db.execute(
+        text("CALL upsert_processing_program_message("
+             "@relion_zo_message, :program, :severity, :message, :description)"),
+        {"program": program_id, "severity": severity, "message": clip(message, NOTE_LENGTH),
+         "description": None if description is None else storable(description)},
     )
 
 
-STOP_REQUEST = "Stop requested"  # AutoProcProgramMessage.message prefix of a stop request
+STOP_KEY = "relion_zo_stop_request"  # ProcessingJobParameter key of a stop request
+STOP_REQUEST = "Stop requested"  # how a stop request reads in a final message
+BEFORE_START = "before start"  # a request made while the job had no program yet
 
 
-def request_stop(db: Session, program_id: int, by: str) -> bool:
-    """Record a stop request for a running program (once). False when one was recorded."""
-    if stop_requested(db, program_id) is not None:
+def request_stop(db: Session, processing_job_id: int, program_id: int | None, by: str) -> bool:
+    """Record a stop request for a job's program (None: the job has none yet), once. The row's
+    value says which program and who asked: ``program 12 by alice@host at 2026-12-02 10:00:00``.
+    False when one was recorded already."""
+    if stop_requested(db, processing_job_id, program_id) is not None:
         return False
-    add_message(db, program_id, "INFO", f"{STOP_REQUEST} by {by}")
+    target = f"program {program_id}" if program_id is not None else BEFORE_START
+    db.execute(insert(ProcessingJobParameter).values(
+        processingJobId=processing_job_id,
+        parameterKey=STOP_KEY,
+        parameterValue=func.concat(clip(f"{target} by {by}", 900), " at ",
+                                   func.date_format(func.now(), "%Y-%m-%d %H:%i:%s")),
+    ))
     return True
 
 
-def stop_requested(db: Session, program_id: int) -> str | None:
-    """The stop request recorded for a program (its message), or None."""
-    return db.execute(
-        select(AutoProcProgramMessage.message)
-        .where(
-            AutoProcProgramMessage.autoProcProgramId == program_id,
-            AutoProcProgramMessage.message.like(STOP_REQUEST + "%"),
-        )
-        .order_by(AutoProcProgramMessage.autoProcProgramMessageId)
+def stop_requested(db: Session, processing_job_id: int, program_id: int | None) -> str | None:
+    """The stop request recorded for a job's program ("Stop requested by …"), or None. A request
+    made before the job had a program counts for its first program."""
+    value = ProcessingJobParameter.parameterValue
+    wanted = [value.like(f"{BEFORE_START} %")]
+    if program_id is not None:
+        first = db.execute(select(func.min(AutoProcProgram.autoProcProgramId)).where(
+            AutoProcProgram.processingJobId == processing_job_id)).scalar()
+        wanted = [value.like(f"program {program_id} %")] + (
+            wanted if first is None or first == program_id else [])
+    found = db.execute(
+        select(value)
+        .where(ProcessingJobParameter.processingJobId == processing_job_id,
+               ProcessingJobParameter.parameterKey == STOP_KEY, or_(*wanted))
+        .order_by(ProcessingJobParameter.processingJobParameterId)
         .limit(1)
     ).scalar()
+    if found is None:
+        return None
+    return f"{STOP_REQUEST} by {found.split(' by ', 1)[-1]}"
+
+
+def open_stop_requests(db: Session) -> list[int]:
+    """Relion jobs with a stop request whose newest program is not final (or that have none):
+    the ones a worker may have to close."""
+    job = ProcessingJobParameter.processingJobId
+    newest = aliased(AutoProcProgram)
+    later = aliased(AutoProcProgram)
+    newest_is_final = (
+        select(newest.autoProcProgramId)
+        .where(newest.processingJobId == job, newest.processingStatus.is_not(None),
+               ~select(later.autoProcProgramId)
+               .where(later.processingJobId == job,
+                      later.autoProcProgramId > newest.autoProcProgramId).exists())
+        .exists()
+    )
+    return list(db.execute(
+        select(job).distinct()
+        .where(ProcessingJobParameter.parameterKey == STOP_KEY, ~newest_is_final)
+    ).scalars())
 
 
 def program_row(db: Session, program_id: int):
-    """(status, environment, stop request) of one program."""
+    """(status, environment, job) of one program."""
     return db.execute(
-        select(AutoProcProgram.processingStatus, AutoProcProgram.processingEnvironment)
+        select(AutoProcProgram.processingStatus, AutoProcProgram.processingEnvironment,
+               AutoProcProgram.processingJobId)
         .where(AutoProcProgram.autoProcProgramId == program_id)
     ).first()
 
