@@ -62,7 +62,24 @@ def stack_settings() -> stack.StackSettings:
 
 @pytest.fixture(scope="session")
 def engine(stack_settings):
+    """The administrator: for what the acquisition system does (visits, data collections) and
+    for tests that look at rows. relion_zo's own code runs as ``web_engine`` or
+    ``processing_engine``, with only the grants of its side (relion_zo/sql/grants.sql)."""
     engine = make_engine(stack_settings.credentials_path)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def web_engine(stack_settings):
+    engine = make_engine(stack_settings.web_credentials_path)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def processing_engine(stack_settings):
+    engine = make_engine(stack_settings.processing_credentials_path)
     yield engine
     engine.dispose()
 
@@ -92,7 +109,8 @@ def site(tmp_path, stack_settings) -> SiteConfig:
         visit_directory=str(data) + "/{year}/{visit}",
         heartbeat_seconds=2,
         stale_heartbeats=3,
-        ispyb_credentials=stack_settings.credentials_path,
+        ispyb_credentials=stack_settings.processing_credentials_path,
+        ispyb_web_credentials=stack_settings.web_credentials_path,
         zocalo_config=stack_settings.zocalo_config_path,
     )
 
@@ -124,14 +142,14 @@ def visit(db, site) -> VisitFixture:
 
 
 @pytest.fixture
-def live_visits(engine):
+def live_visits(engine, web_engine):
     """A factory of committed visits (``runs.LiveVisit``), removed with their rows afterwards."""
     from runs import LiveVisit
 
     made = []
 
     def make(site, movies: int = 2, **movie):
-        made.append(LiveVisit(engine, site, movies, **movie))
+        made.append(LiveVisit(engine, site, movies, web_engine=web_engine, **movie))
         return made[-1]
 
     yield make

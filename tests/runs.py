@@ -27,8 +27,9 @@ class LiveVisit:
     """A visit whose rows are committed, with a raw folder of tiny movies and a gain file.
     Make them through the ``live_visits`` fixture, which removes their rows afterwards."""
 
-    def __init__(self, engine, site: SiteConfig, movies: int = 2, **movie):
-        self.engine = engine
+    def __init__(self, engine, site: SiteConfig, movies: int = 2, *, web_engine=None, **movie):
+        self.engine = engine  # the administrator: the visit's rows, as acquisition writes them
+        self.web_engine = web_engine or engine  # Start
         self.site = site
         self.name = new_visit_name()
         with Session(engine) as db:
@@ -45,7 +46,7 @@ class LiveVisit:
         synthetic.write_movies(self.raw, count, start=first, **self.movie)
 
     def start(self, **params) -> int:
-        with Session(self.engine) as db:
+        with Session(self.web_engine) as db:
             return jobs.start_job(
                 db, self.site, {**GOOD_PARAMS, **params}, visit=self.name,
                 image_directory=str(self.raw), file_template="*.mrc",
@@ -68,7 +69,8 @@ def site_config(tmp_path: Path, stack_settings, **overrides) -> SiteConfig:
         heartbeat_seconds=1,
         stale_heartbeats=5,
         idle_seconds=0,
-        ispyb_credentials=stack_settings.credentials_path,
+        ispyb_credentials=stack_settings.processing_credentials_path,
+        ispyb_web_credentials=stack_settings.web_credentials_path,
         zocalo_config=stack_settings.zocalo_config_path,
     )
     values.update(overrides)

@@ -32,7 +32,7 @@ def _cleanup(engine, session_id: int) -> None:
         remove_visit(db, session_id)
 
 
-def test_concurrent_starts_make_one_job(engine, site):
+def test_concurrent_starts_make_one_job(engine, web_engine, site):
     name = new_visit_name()
     with Session(engine) as db:
         session_id = seed_visit(db, name, start=dt.datetime(2026, 11, 1))
@@ -49,7 +49,7 @@ def test_concurrent_starts_make_one_job(engine, site):
                 return jobs.start_job(db, site, GOOD_PARAMS, visit=name,
                                       image_directory=str(raw), file_template=template)
 
-            _one_job_and_refusals(_race(engine, [press_start] * 2))
+            _one_job_and_refusals(_race(web_engine, [press_start] * 2))
         dcs, pjs = _jobs_of(engine, session_id)
         assert len(dcs) == rounds and len(pjs) == rounds
     finally:
@@ -61,7 +61,7 @@ def _engine(stack_settings, lock_wait: int | None = None):
     connect_args = {}
     if lock_wait is not None:
         connect_args["init_command"] = f"SET SESSION innodb_lock_wait_timeout = {lock_wait}"
-    return make_engine(stack_settings.credentials_path, poolclass=NullPool,
+    return make_engine(stack_settings.web_credentials_path, poolclass=NullPool,
                        connect_args=connect_args)
 
 

@@ -135,7 +135,8 @@ def _read(path) -> str:
         return ""
 
 
-def test_nothing_stays_submitted_or_queued_forever(engine, live_visits, tmp_path, stack_settings):
+def test_nothing_stays_submitted_or_queued_forever(processing_engine,
+                                                   engine, live_visits, tmp_path, stack_settings):
     from sqlalchemy import text
     from sqlalchemy.orm import Session
 
@@ -145,7 +146,7 @@ def test_nothing_stays_submitted_or_queued_forever(engine, live_visits, tmp_path
 
     site = site_config(tmp_path, stack_settings, resend_after_seconds=60,
                        submitted_limit_seconds=3600)
-    manager = JobManager(engine, site)
+    manager = JobManager(processing_engine, site)
     unsent, ancient, claimed = (live_visits(site).start() for _ in range(3))
     program = manager.claim(claimed, command_line="a worker that died at once", environment="")
     with Session(engine) as db, db.begin():  # as if written a while ago

@@ -107,7 +107,7 @@ def _write(path: Path, text: str | bytes) -> Path:
 def _ini(h: Hostile, text: str) -> Path:
     ini = _write(h.tmp / "bad.ini", text)
     ini.chmod(0o600)
-    return h.bad_site({"ispyb_credentials": str(ini)})
+    return h.bad_site({"ispyb_credentials": str(ini), "ispyb_web_credentials": str(ini)})
 
 
 # Each case: (id, set-up (returns the argv), words the one-line error must hold).
@@ -237,7 +237,7 @@ def test_project_template_outside_the_visit_is_refused(hostile, db, capsys):
 
 def test_readable_credentials_are_used_with_a_warning(hostile, capsys, stack_settings):
     ini = hostile.tmp / "open.ini"
-    shutil.copyfile(stack_settings.credentials_path, ini)
+    shutil.copyfile(stack_settings.processing_credentials_path, ini)
     ini.chmod(0o644)
     site_file = hostile.bad_site({"ispyb_credentials": str(ini)})
     assert main(["status", "--config", str(site_file), "--visit", hostile.name]) == 0

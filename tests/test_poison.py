@@ -175,7 +175,8 @@ class Poison:
         without starting anything."""
         pjid = self.visit.start()
         self.services.capture(["stop", "--config", str(self.services.site_file), str(pjid),
-                               "--local"])
+                               "--local"])  # the web side asks, the processing side closes
+        self.services.capture(["reap", "--config", str(self.services.site_file)])
         assert job_status(self.engine, self.site, pjid).state == "stopped"
         return pjid
 

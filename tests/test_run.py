@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from conftest import REPO, row_counts
 from ispyb.sqlalchemy import ProcessingJobParameter
 from relion_zo import runner
+from relion_zo.cli import reap as reap_cli
 from relion_zo.cli import run as run_cli
 from relion_zo.cli import stop as stop_cli
 from relion_zo.relion_it import pipeliner as pl
@@ -88,7 +89,8 @@ def test_run_end_to_end(engine, site, live, tmp_path, capsys):
     assert processes_in(project) == []
 
 
-def test_streaming_movies_added_while_running(engine, tmp_path, stack_settings, live_visits):
+def test_streaming_movies_added_while_running(processing_engine,
+                                              engine, tmp_path, stack_settings, live_visits):
     site = site_config(tmp_path, stack_settings, idle_seconds=4)
     live = live_visits(site, movies=2)
     pjid = live.start()
@@ -100,7 +102,7 @@ def test_streaming_movies_added_while_running(engine, tmp_path, stack_settings, 
             live.add_movies(2)
             added.append(progress.passes)
 
-    run = Background(pjid, engine=engine, config=site, on_progress=on_progress)
+    run = Background(pjid, engine=processing_engine, config=site, on_progress=on_progress)
     while run.thread.is_alive():
         seen_states.add(job_status(engine, site, pjid).state)
         time.sleep(0.2)
@@ -117,7 +119,8 @@ def test_streaming_movies_added_while_running(engine, tmp_path, stack_settings, 
     assert len(corrected) == 4
 
 
-def test_stop_ends_relion_and_records_stopped(engine, tmp_path, stack_settings, capsys,
+def test_stop_ends_relion_and_records_stopped(processing_engine,
+                                              engine, tmp_path, stack_settings, capsys,
                                               live_visits):
     # Enough work that the stop lands while RELION runs; no idle end, so only the stop ends it.
     site = site_config(tmp_path, stack_settings, idle_seconds=3600)
@@ -126,7 +129,7 @@ def test_stop_ends_relion_and_records_stopped(engine, tmp_path, stack_settings, 
     site_file = write_site_file(site, tmp_path / "site.yaml")
     project = live.project(pjid)
 
-    run = Background(pjid, engine=engine, config=site)
+    run = Background(pjid, engine=processing_engine, config=site)
     deadline = time.monotonic() + 60
     while not processes_in(project) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -194,30 +197,30 @@ def _failed(engine, site, pjid, outcome):
     return state.message
 
 
-def test_missing_gain_fails_before_relion(engine, site, live):
+def test_missing_gain_fails_before_relion(processing_engine, engine, site, live):
     pjid = live.start(motioncor_gainreference="gain.mrc")
     live.gain.unlink()
-    outcome = run_job(pjid, engine=engine, config=site)
+    outcome = run_job(pjid, engine=processing_engine, config=site)
     message = _failed(engine, site, pjid, outcome)
     assert str(live.gain) in message
     assert not (live.project(pjid) / pl.PIPELINE_STAR).exists()
 
 
-def test_unreadable_gain_fails(engine, site, live):
+def test_unreadable_gain_fails(processing_engine, engine, site, live):
     pjid = live.start(motioncor_gainreference="gain.mrc")
     live.gain.write_bytes(b"this is not an MRC file")
-    message = _failed(engine, site, pjid, run_job(pjid, engine=engine, config=site))
+    message = _failed(engine, site, pjid, run_job(pjid, engine=processing_engine, config=site))
     assert str(live.gain) in message
 
 
-def test_missing_raw_folder_fails(engine, site, live):
+def test_missing_raw_folder_fails(processing_engine, engine, site, live):
     pjid = live.start()
     live.raw.rename(live.raw.with_name("raw-moved"))
-    message = _failed(engine, site, pjid, run_job(pjid, engine=engine, config=site))
+    message = _failed(engine, site, pjid, run_job(pjid, engine=processing_engine, config=site))
     assert str(live.raw) in message
 
 
-def test_ctf_asked_for_without_ctffind_fails(engine, site, live):
+def test_ctf_asked_for_without_ctffind_fails(processing_engine, engine, site, live):
     # SynchWeb writes jobs itself: one that asks for CTF estimation reaches a site without ctffind.
     pjid = live.start()
     with Session(engine) as db:
@@ -225,40 +228,40 @@ def test_ctf_asked_for_without_ctffind_fails(engine, site, live):
             ProcessingJobParameter.processingJobId == pjid,
             ProcessingJobParameter.parameterKey == "stop_after_motion_correction"))
         db.commit()
-    message = _failed(engine, site, pjid, run_job(pjid, engine=engine, config=site))
+    message = _failed(engine, site, pjid, run_job(pjid, engine=processing_engine, config=site))
     assert "ctffind is not available" in message
 
 
-def test_corrupt_movie_fails_with_relions_error(engine, site, live):
+def test_corrupt_movie_fails_with_relions_error(processing_engine, engine, site, live):
     pjid = live.start()
     # A movie RELION refuses to read: complex-valued MRC. (Random bytes are worse than useless
     # here: RELION trusts the header's sizes and can allocate the machine's memory away.)
     with mrcfile.new(live.raw / "movie_9999.mrc") as bad:
         bad.set_data(np.zeros((4, 128, 128), np.complex64))
-    message = _failed(engine, site, pjid, run_job(pjid, engine=engine, config=site))
+    message = _failed(engine, site, pjid, run_job(pjid, engine=processing_engine, config=site))
     assert message.startswith("Failed: MotionCorr/job002/ failure")
     assert "readMRC" in message
     assert processes_in(live.project(pjid)) == []
 
 
-def test_exception_anywhere_writes_failure(engine, site, live):
+def test_exception_anywhere_writes_failure(processing_engine, engine, site, live):
     pjid = live.start()
 
     def broken(progress):
         raise RuntimeError("display broke")
 
     with pytest.raises(RuntimeError):
-        run_job(pjid, engine=engine, config=site, on_progress=broken)
+        run_job(pjid, engine=processing_engine, config=site, on_progress=broken)
     state = job_status(engine, site, pjid)
     assert state.state == "failure"
     assert state.message == "Wrapper crashed: RuntimeError: display broke"
     assert processes_in(live.project(pjid)) == []
 
 
-def test_second_run_of_a_job_is_skipped(engine, site, live):
+def test_second_run_of_a_job_is_skipped(processing_engine, engine, site, live):
     pjid = live.start()
-    assert run_job(pjid, engine=engine, config=site).state == "success"
-    again = run_job(pjid, engine=engine, config=site)
+    assert run_job(pjid, engine=processing_engine, config=site).state == "success"
+    again = run_job(pjid, engine=processing_engine, config=site)
     assert again.state == "skipped"
     assert len(program_rows(engine, pjid)) == 1
     assert job_status(engine, site, pjid).state == "success"
@@ -300,21 +303,22 @@ def test_wrapper_runs_under_zocalo_wrap(engine, site, live, tmp_path, stack_sett
     assert job_status(engine, site, pjid).state == "success"
 
 
-def test_runs_are_independent_of_the_callers_directory(engine, site, live, tmp_path):
+def test_runs_are_independent_of_the_callers_directory(processing_engine,
+                                                       engine, site, live, tmp_path):
     # The driver never changes the process's directory: RELION gets cwd= instead.
     before = os.getcwd()
     pjid = live.start()
-    assert run_job(pjid, engine=engine, config=site).state == "success"
+    assert run_job(pjid, engine=processing_engine, config=site).state == "success"
     assert os.getcwd() == before
     assert sys.modules["relion_zo.relion_it.driver"].__dict__.get("os") is os
 
 
-def test_restart_reuses_the_projects_jobs(engine, site, live):
+def test_restart_reuses_the_projects_jobs(processing_engine, engine, site, live):
     from relion_zo import jobs
     from relion_zo.relion_it.driver import run_driver
 
     pjid = live.start()
-    assert run_job(pjid, engine=engine, config=site).state == "success"
+    assert run_job(pjid, engine=processing_engine, config=site).state == "success"
     project = live.project(pjid)
     first = pl.read_submitted(project)
     live.add_movies(1)
@@ -333,12 +337,12 @@ def test_restart_reuses_the_projects_jobs(engine, site, live):
     assert len((project / pl.SUBMITTED_JOBS).read_text().splitlines()) == 2
 
 
-def test_claim_is_exactly_once_under_concurrency(engine, site, live):
+def test_claim_is_exactly_once_under_concurrency(processing_engine, engine, site, live):
     import threading
 
     from relion_zo.manager import JobManager
 
-    manager = JobManager(engine, site)
+    manager = JobManager(processing_engine, site)
     pjid = live.start()
     barrier = threading.Barrier(4)
     claimed = []
@@ -357,27 +361,28 @@ def test_claim_is_exactly_once_under_concurrency(engine, site, live):
     assert len(program_rows(engine, pjid)) == 1
 
 
-def test_stopping_a_queued_job_keeps_it_from_running(engine, site, live):
+def test_stopping_a_queued_job_keeps_it_from_running(processing_engine, engine, site, live):
     from relion_zo.manager import JobManager
 
-    manager = JobManager(engine, site)
+    manager = JobManager(processing_engine, site)
     pjid = live.start()
     program = manager.claim(pjid, command_line="a worker about to start it", environment="")
     assert job_status(engine, site, pjid).state == "queued"
     result = manager.request_stop(pjid, "test")
     assert result.action == "marked"
-    outcome = run_job(pjid, engine=engine, config=site, program_id=program)
+    outcome = run_job(pjid, engine=processing_engine, config=site, program_id=program)
     assert outcome.state == "skipped"
     assert job_status(engine, site, pjid).state == "stopped"
     assert not live.project(pjid).exists()
 
 
-def test_reprocess_and_restart_refuse_bad_input_and_write_nothing(engine, site, live, tmp_path,
+def test_reprocess_and_restart_refuse_bad_input_and_write_nothing(processing_engine,
+                                                                  engine, site, live, tmp_path,
                                                                   capsys):
     from relion_zo.cli.main import main as cli
 
     pjid = live.start()
-    assert run_job(pjid, engine=engine, config=site).state == "success"
+    assert run_job(pjid, engine=processing_engine, config=site).state == "success"
     site_file = write_site_file(site, tmp_path / "site.yaml")
     with Session(engine) as db:
         before = row_counts(db)
@@ -402,8 +407,16 @@ def test_stop_by_data_collection_marks_its_active_job(engine, site, live, tmp_pa
     pjid = live.start()
     dcid = job_status(engine, site, pjid).data_collection_id
     site_file = write_site_file(site, tmp_path / "site.yaml")
+    # The web side may only ask (its grants write no AutoProcProgram) ...
     assert stop_cli.main(["--local", "--config", str(site_file), "--dcid", str(dcid)]) == 0
-    assert f"processing job {pjid}: stopped before it started" in capsys.readouterr().out
-    assert job_status(engine, site, pjid).state == "stopped"
+    assert (f"processing job {pjid} is submitted: stop requested; a worker closes it"
+            in capsys.readouterr().out)
+    assert job_status(engine, site, pjid).state == "submitted"
+    # ... and the processing side closes it, as a worker does at each round.
+    assert reap_cli.main(["--config", str(site_file)]) == 0
+    assert (f"processing job {pjid}: asked to stop before it ran, recorded as stopped"
+            in capsys.readouterr().out)
+    state = job_status(engine, site, pjid)
+    assert state.state == "stopped" and "relion-zo stop (" in state.message
     assert stop_cli.main(["--local", "--config", str(site_file), "--dcid", str(dcid)]) == 1
     assert f"data collection {dcid} has no active job" in capsys.readouterr().out
