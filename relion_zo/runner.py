@@ -39,6 +39,8 @@ from relion_zo.relion_it.driver import (
     DriverResult,
     DriverSettings,
     Progress,
+    SchedulerRunning,
+    refuse_if_scheduled,
     run_driver,
     write_error_reason,
 )
@@ -138,6 +140,10 @@ def prepare_project(
         "ctffind4_exe": config.executables.ctffind or "",
         "images_are_movies": True,
     }
+    try:  # before the options file: a scientist's relion_it.py may be reading it
+        refuse_if_scheduled(folder)
+    except SchedulerRunning as exc:
+        raise InputError(str(exc)) from None
     text = options_mod.options_text(params, overrides, processing_job_id=spec.processing_job_id)
     options_mod.write_options(folder, text)
     settings = DriverSettings(

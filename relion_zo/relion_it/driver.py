@@ -5,9 +5,10 @@ function with a return value.
   names them (a restart reuses the project's jobs);
 - each pass runs ``relion_pipeliner --schedule PREPROCESS --repeat 1 ... --RunJobs "..."`` in a
   process group of its own, so new movies are imported and processed on every pass;
-- ``RUNNING_RELION_IT`` is created at the start; removing it (or ``should_stop()`` turning
-  true) ends the pass at once: the pipeliner's process group is killed and its
-  ``RUNNING_PIPELINER_*`` file removed;
+- ``RUNNING_RELION_IT`` and ``RUNNING_PIPELINER_PREPROCESS`` are created at the start, as
+  relion_it and its repeating pipeliner make them; removing either (or ``should_stop()``
+  turning true) ends the pass at once: the pipeliner's process group is killed and both files
+  are removed;
 - a RELION job process that dies without writing ``RELION_JOB_EXIT_SUCCESS``/``_FAILURE`` is
   noticed (the pipeliner would wait for it forever) and fails the run;
 - a pass whose job folders do not change for ``stall_seconds`` (a hung program) fails the run,
@@ -44,6 +45,7 @@ from relion_zo.relion_it.stages import JobRef, Stage
 log = logging.getLogger(__name__)
 
 SCHEDULE = "PREPROCESS"
+RUNNING_SCHEDULE = f"RUNNING_PIPELINER_{SCHEDULE}"  # removing it stops the run (relion_it's way)
 PROJECT_MARKER = "RELION_ZO_PROJECT"  # in the environment of every process a run starts
 STALL_SCAN_SECONDS = 5.0  # at most this long between two looks at a pass's job folders
 KILL_GRACE_SECONDS = 1.0  # between SIGTERM and SIGKILL
@@ -194,6 +196,45 @@ def started_for(project: Path) -> list[int]:
         except OSError:
             continue
     return found
+
+
+SCHEDULER_NAMES = (b"relion_pipeliner", b"relion_it.py")
+
+
+def live_schedulers(project: Path) -> list[str]:
+    """``pid N (program)`` of schedulers working in ``project`` that no relion_zo run started:
+    a scientist's ``relion_it.py`` or ``relion_pipeliner`` (RELION's GUI's scheduler)."""
+    ours = set(started_for(project))
+    found = []
+    for pid in processes_in(project):
+        if pid in ours or pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        for name in SCHEDULER_NAMES:
+            if any(arg.endswith(name) for arg in argv[:2]):
+                found.append(f"pid {pid} ({name.decode()})")
+                break
+    return found
+
+
+def refuse_if_scheduled(project: Path) -> None:
+    """Two schedulers in one project undo each other's work: refuse while another is live."""
+    others = live_schedulers(project)
+    if others:
+        raise SchedulerRunning(
+            f"another scheduler is running in {project}: {', '.join(others)}; stop it (remove "
+            f"its {RUNNING_FILES_TEXT}) before relion_zo carries the project on")
+
+
+RUNNING_FILES_TEXT = "RUNNING_RELION_IT or RUNNING_PIPELINER_* file"
+
+
+class SchedulerRunning(RuntimeError):
+    """A scheduler relion_zo did not start is running in the project."""
 
 
 def _protected() -> tuple[set[int], set[int]]:
@@ -395,9 +436,16 @@ class _Run:
         self.imported_checked = 0  # rows of Import's movies.star already checked
 
     # -- checks that run all the time
-    def check_stop(self) -> None:
-        if not (self.s.project / pl.RUNNING_RELION_IT).exists():
+    def check_stop(self, pass_jobs: list[str] | None = None) -> None:
+        """Raise ``_Stopped`` when a user stopped the run. ``RUNNING_PIPELINER_PREPROCESS``
+        counts as removed by a user between passes, and during a pass (``pass_jobs``) only
+        while some of its jobs have not ended: the pipeliner removes it itself once all have."""
+        project = self.s.project
+        if not (project / pl.RUNNING_RELION_IT).exists():
             raise _Stopped(f"{pl.RUNNING_RELION_IT} was removed")
+        if not (project / RUNNING_SCHEDULE).exists() and (pass_jobs is None or any(
+                pl.exit_state(project, job) is None for job in pass_jobs)):
+            raise _Stopped(f"{RUNNING_SCHEDULE} was removed")
         if self.should_stop():
             raise _Stopped("stop requested")
 
@@ -502,7 +550,7 @@ class _Run:
         stall = _StallWatch(project, names, self.s.stall_seconds, started)
         try:
             while proc.poll() is None:
-                self.check_stop()
+                self.check_stop(names)
                 self.tick()
                 if pl.exit_state(project, names[0]) == "success":
                     self.check_imported_names()
@@ -535,8 +583,11 @@ class _Run:
                 end_processes(leftovers, {pgid})
             proc.wait()
             self.progress.relion_seconds += time.monotonic() - started
-            remove_running_pipeliner_files(project)
             pl.clear_stale_lock(project)
+        self.check_stop(names)
+        # The pipeliner removes its RUNNING_PIPELINER_PREPROCESS after a pass; relion_it's
+        # (repeating) pipeliner keeps it while it schedules: so does this run.
+        open_append(project / RUNNING_SCHEDULE, RUNNING_SCHEDULE).close()
         self.check_imported_names()
         for job in names:
             state = pl.exit_state(project, job)
@@ -590,8 +641,12 @@ class _Run:
     def run(self) -> DriverResult:
         project = self.s.project
         try:
+            refuse_if_scheduled(project)
             pl.ensure_pipeline(project)
+            # Both of relion_it's stop files: RUNNING_RELION_IT for relion_it itself, and the
+            # one its pipeliner (run with --repeat > 1) keeps while it schedules.
             open_append(project / pl.RUNNING_RELION_IT, "RUNNING_RELION_IT").close()
+            open_append(project / RUNNING_SCHEDULE, RUNNING_SCHEDULE).close()
             self.check_stop()
             self.add_jobs()
             self.tick(force=True)
@@ -620,7 +675,7 @@ class _Run:
             return self.finished(f"{self.s.repeat_times} passes done")
         except _Stopped as exc:
             return self.result("stopped", str(exc))
-        except _Failed as exc:
+        except (_Failed, SchedulerRunning) as exc:
             return self.result("failed", str(exc))
         except pl.PipelinerError as exc:
             return self.result("failed", str(exc))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from relion_zo import __version__
 from relion_zo.parameters import FIELDS, NOT_APPLICABLE, RELION_ZO_ONLY, RelionItParameters
+from relion_zo.paths import replace_with
 
 OPTIONS_FILE = "relion_it_options.py"
 # relion_zo's own keys (relion_it would print "Unrecognised option" for them) and the keys a web
@@ -40,12 +41,21 @@ def options_text(
     return "\n".join(lines) + "\n"
 
 
-def write_options(project: Path, text: str) -> Path:
+def write_options(project: Path, text: str, now: dt.datetime | None = None) -> Path:
+    """Write the options file; one that says something else (a scientist's, an older run's)
+    is kept first as ``relion_it_options.py.bak-<time>``."""
     path = project / OPTIONS_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    if path.is_file() and not path.is_symlink() and _settings(path.read_text()) != _settings(text):
+        stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+        replace_with(path.with_name(f"{OPTIONS_FILE}.bak-{stamp}"), path.read_bytes(),
+                     "options file backup")
+    replace_with(path, text, "relion_it options file")
     return path
+
+
+def _settings(text: str) -> list[str]:
+    """The lines that set something (comments, such as the time stamp, left out)."""
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def read_options(path: Path) -> dict[str, object]:

@@ -12,12 +12,13 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from relion_zo.paths import open_append, open_new
+from relion_zo.paths import open_append, open_new, replace_with
 
 PIPELINE_STAR = "default_pipeline.star"
 SUBMITTED_JOBS = "RELION_IT_SUBMITTED_JOBS"
 RUNNING_RELION_IT = "RUNNING_RELION_IT"
 RUNNING_PIPELINER = "RUNNING_PIPELINER_"
+GUI_PROJECT_MARK = ".gui_projectdir"  # RELION's GUI opens a folder holding it as a project
 LOCK_DIR = ".relion_lock"
 EXIT_SUCCESS = "RELION_JOB_EXIT_SUCCESS"
 EXIT_FAILURE = "RELION_JOB_EXIT_FAILURE"
@@ -32,11 +33,16 @@ class PipelinerError(RuntimeError):
 
 
 def ensure_pipeline(project: Path) -> None:
-    """A project needs a pipeline file before ``--addJob`` can read it (as relion_it does)."""
+    """A project needs a pipeline file before ``--addJob`` can read it (as relion_it does),
+    and RELION's GUI asks whether to start a new project in a folder without
+    ``.gui_projectdir``."""
     star = project / PIPELINE_STAR
     if not star.exists():
         with open_new(star, "pipeline file") as handle:
             handle.write(EMPTY_PIPELINE)
+    mark = project / GUI_PROJECT_MARK
+    if not mark.exists():
+        open_new(mark, "RELION GUI project mark").close()
 
 
 def clear_stale_lock(project: Path) -> bool:
@@ -96,11 +102,13 @@ def schedule_argv(
     pipeliner: str, schedule: str, jobs: Iterable[str], *, repeat: int = 1
 ) -> list[str]:
     """One scheduler pass over ``jobs``. The job list must end with a space (RELION 3.1 drops
-    the last job otherwise), and ``--sec_wait_after 0`` avoids a 10 s wait after every job."""
+    the last job otherwise). ``--sec_wait_after`` is how often the pipeliner looks whether the
+    running job has ended: RELION's 10 s would add up to 10 s per job, and 0 makes it poll
+    without pause (4.3 s of CPU in a 23 s pass); 1 s costs neither."""
     run_jobs = "".join(f"{job} " for job in jobs)
     return [
         pipeliner, "--schedule", schedule, "--repeat", str(repeat), "--min_wait", "0",
-        "--sec_wait_after", "0", "--RunJobs", run_jobs,
+        "--sec_wait_after", "1", "--RunJobs", run_jobs,
     ]
 
 
@@ -198,20 +206,43 @@ def job_error(project: Path, job: str, lines: int = 3) -> str:
     return " | ".join(kept[-lines:]) or "run.err is empty"
 
 
-def read_submitted(project: Path) -> dict[str, str]:
-    """``RELION_IT_SUBMITTED_JOBS`` (relion_it's ``name = Job/jobNNN/`` lines): name -> job."""
+def _submitted_lines(project: Path) -> list[tuple[str, str]]:
     path = project / SUBMITTED_JOBS
-    jobs: dict[str, str] = {}
     if not path.exists():
-        return jobs
+        return []
+    lines = []
     for line in path.read_text().splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[1] == "=":
-            jobs[parts[0]] = parts[2]
+            lines.append((parts[0], parts[2]))
+    return lines
+
+
+def read_submitted(project: Path) -> dict[str, str]:
+    """``RELION_IT_SUBMITTED_JOBS`` (relion_it's ``name = Job/jobNNN/`` lines): name -> job.
+    The first line of a name counts, as relion_it reads it."""
+    jobs: dict[str, str] = {}
+    for name, job in _submitted_lines(project):
+        jobs.setdefault(name, job)
     return jobs
 
 
 def record_submitted(project: Path, name: str, job: str) -> None:
+    """Record ``name = job``: appended for a new name; a name already there (its job had gone
+    from the pipeline and was added again) has its line replaced, never a second line that
+    relion_it would not read."""
+    lines = _submitted_lines(project)
+    if any(known == name for known, _ in lines):
+        kept: list[tuple[str, str]] = []
+        for known, old in lines:
+            if known == name:
+                if all(k != name for k, _ in kept):
+                    kept.append((name, job))
+            else:
+                kept.append((known, old))
+        replace_with(project / SUBMITTED_JOBS,
+                     "".join(f"{k} = {v}\n" for k, v in kept), SUBMITTED_JOBS)
+        return
     with open_append(project / SUBMITTED_JOBS, SUBMITTED_JOBS) as handle:
         handle.write(f"{name} = {job}\n")
         handle.flush()
