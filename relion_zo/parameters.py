@@ -103,6 +103,8 @@ class RelionItParameters(BaseModel):
     motioncor_mpi: int = Field(default=1, ge=1, le=INT_MAX)
     motioncor_gpu: str = Field(default="0", pattern=r"^[0-9:,]*$", max_length=80)
     motioncor_submit_to_queue: bool = False
+    eer_upsampling: int = Field(
+        default=1, ge=1, le=2, description="EER super-resolution: 1 (4K) or 2 (8K), as RELION allows")
     eer_grouping: int = Field(
         default=20,
         ge=1,

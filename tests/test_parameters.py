@@ -232,10 +232,13 @@ def test_the_same_values_written_differently_are_equal():
     assert p.parse(GOOD + [("motioncor_binning", "2.0")]) == p.parse(GOOD + [("motioncor_binning", 2)])
 
 
-def test_eer_movies_get_relion_its_grouping_in_motion_correction():
+def test_motion_correction_gets_relion_its_eer_arguments_always():
+    """relion_it passes --eer_upsampling and --eer_grouping whatever the movies (RELION ignores
+    them for others); coming last, they win over the job's own EER fractionation."""
     site = SimpleNamespace(executables=SimpleNamespace(ctffind="ctffind", motioncor2=""))
     typed = p.parse(GOOD + [("eer_grouping", "32")])
-    motioncor = dict(stages.stages(typed, site, "Movies/*.eer", "")[1].options)
-    assert motioncor["Additional arguments:"] == "--eer_grouping 32"
-    motioncor = dict(stages.stages(typed, site, "Movies/*.tiff", "")[1].options)
-    assert "Additional arguments:" not in motioncor
+    for glob in ("Movies/*.eer", "Movies/*.tiff"):
+        motioncor = dict(stages.stages(typed, site, glob, "")[1].options)
+        assert motioncor["Additional arguments:"] == "--eer_upsampling 1 --eer_grouping 32"
+    default = dict(stages.stages(p.parse(GOOD), site, "Movies/*.eer", "")[1].options)
+    assert default["Additional arguments:"] == "--eer_upsampling 1 --eer_grouping 20"

@@ -128,8 +128,10 @@ def stages(
         ("Number of threads:", p.motioncor_threads),
         ("Submit to queue?", False),
     ]
-    if import_images.lower().endswith(".eer"):  # as relion_it passes it
-        motioncor.append(("Additional arguments:", f"--eer_grouping {p.eer_grouping}"))
+    # relion_it passes both always, EER or not (RELION ignores them for other movies); coming
+    # last on the command line they win over the job's own EER fractionation (32).
+    motioncor.append(("Additional arguments:",
+                      f"--eer_upsampling {p.eer_upsampling} --eer_grouping {p.eer_grouping}"))
     if not p.motioncor_do_own:
         motioncor += [
             ("MOTIONCOR2 executable:", config.executables.motioncor2),
