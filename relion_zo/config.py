@@ -87,6 +87,11 @@ class SiteConfig(BaseModel):
     worker_jobs: int = Field(
         default=1, ge=1, le=64, description="jobs one worker runs at once (its prefetch count)"
     )
+    relion_it_defaults: dict[str, str | bool | int | float] = Field(
+        default_factory=dict,
+        description="values for relion_it options a job leaves out, in place of relion_it's "
+        "own defaults (e.g. MPI and thread counts that fit this site's machines)",
+    )
     ispyb_credentials: Path | None = None
     ispyb_web_credentials: Path | None = None
     zocalo_config: Path | None = None
@@ -101,6 +106,20 @@ class SiteConfig(BaseModel):
             if root == Path(root.anchor):
                 raise ValueError("a data root may not be the file system's root")
         return roots
+
+    @field_validator("relion_it_defaults")
+    @classmethod
+    def _known_options(cls, values: dict) -> dict:
+        from relion_zo.parameters import FIELDS, ParameterError, check_defaults
+
+        unknown = sorted(k for k in values if k not in FIELDS)
+        if unknown:
+            raise ValueError(f"{unknown[0]} is not a relion_it option relion_zo knows")
+        try:
+            check_defaults(values)
+        except ParameterError as exc:
+            raise ValueError(str(exc)) from None
+        return values
 
     @field_validator("visit_directory")
     @classmethod

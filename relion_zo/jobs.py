@@ -301,7 +301,7 @@ def plan_start(
     items = list(parameters.items()) if isinstance(parameters, Mapping) else list(parameters)
     check_storable(items, visit=visit, image_directory=image_directory,
                    file_template=file_template, display_name=display_name, comments=comments)
-    typed = params_mod.parse(items)
+    typed = params_mod.parse(items, config.relion_it_defaults)
     check_capabilities(typed, config)
     if display_name is not None and len(display_name) > DISPLAY_NAME_LENGTH:
         raise InputError(f"display name is longer than {DISPLAY_NAME_LENGTH} characters")
@@ -494,7 +494,7 @@ def load_job(db: Session, config: SiteConfig, processing_job_id: int) -> JobSpec
         raise InputError(f"processing job {processing_job_id} has no data collection")
     dc = _data_collection_row(db, job.dataCollectionId)
     raw = tuple(stored_items(db, processing_job_id))
-    typed = params_mod.parse(raw)
+    typed = params_mod.parse(raw, config.relion_it_defaults)
     the_visit = visit_by_session_id(db, dc.SESSIONID)
     return JobSpec(
         processing_job_id=processing_job_id,

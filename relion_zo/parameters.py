@@ -76,7 +76,7 @@ class RelionItParameters(BaseModel):
     voltage: float = Field(gt=0, description="acceleration voltage in kV")
     Cs: float = Field(ge=0, description="spherical aberration in mm (CTFFIND's minimum: 0)")
     ampl_contrast: float = Field(default=0.1, ge=0, le=1)
-    stop_after_ctf_estimation: bool = True
+    stop_after_ctf_estimation: bool = False
     # relion_zo extension (not a relion_it key): motion correction is the last stage.
     stop_after_motion_correction: bool = False
     # --- Streaming
@@ -97,10 +97,10 @@ class RelionItParameters(BaseModel):
     ] = "No rotation (0)"
     motioncor_defectfile: str = Field(default="", max_length=VALUE_LENGTH)
     motioncor_bfactor: float = Field(default=150, ge=0)
-    motioncor_patches_x: int = Field(default=5, ge=1, le=INT_MAX)
-    motioncor_patches_y: int = Field(default=5, ge=1, le=INT_MAX)
-    motioncor_threads: int = Field(default=1, ge=1, le=INT_MAX)
-    motioncor_mpi: int = Field(default=1, ge=1, le=INT_MAX)
+    motioncor_patches_x: int = Field(default=4, ge=1, le=INT_MAX)
+    motioncor_patches_y: int = Field(default=4, ge=1, le=INT_MAX)
+    motioncor_threads: int = Field(default=6, ge=1, le=INT_MAX)
+    motioncor_mpi: int = Field(default=4, ge=1, le=INT_MAX)
     motioncor_gpu: str = Field(default="0", pattern=r"^[0-9:,]*$", max_length=80)
     motioncor_submit_to_queue: bool = False
     eer_upsampling: int = Field(
@@ -123,7 +123,7 @@ class RelionItParameters(BaseModel):
     ctffind_defocus_max: float = 50000
     ctffind_defocus_step: float = Field(default=500, ge=1)
     ctffind_do_phaseshift: bool = False
-    ctffind_mpi: int = Field(default=1, ge=1, le=INT_MAX)
+    ctffind_mpi: int = Field(default=8, ge=1, le=INT_MAX)
     ctffind_submit_to_queue: bool = False
     # --- Picking, extraction, classification: accepted and written to relion_it_options.py;
     # relion_zo runs no stage after CTF estimation yet (stages.check_stages says so, naming it).
@@ -253,11 +253,14 @@ def pairs_from_args(items: Iterable[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def parse(pairs: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> RelionItParameters:
+def parse(pairs: Iterable[tuple[str, Any]] | Mapping[str, Any],
+          defaults: Mapping[str, Any] | None = None) -> RelionItParameters:
     """Type and check parameters given as (key, value) pairs; values may be strings.
+    ``defaults`` (the site file's ``relion_it_defaults``) stand in for keys not given, before
+    relion_it's own defaults.
 
     The result remembers each value's text, stripped of surrounding blanks: ``explicit_items``
-    gives it back for ISPyB."""
+    gives it back for ISPyB (never a site default: only what the user gave is stored)."""
     items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
     given: dict[str, str] = {}
     raw: dict[str, str] = {}
@@ -275,6 +278,11 @@ def parse(pairs: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> RelionItParam
             raise ParameterError(key, f"value longer than {VALUE_LENGTH} characters")
         given[key] = text
         raw[key] = _checked_text(key, text)
+    from_defaults: dict[str, str] = {}
+    for key, value in (defaults or {}).items():
+        if key not in raw:
+            from_defaults[key] = to_text(value).strip()
+            raw[key] = _checked_text(key, from_defaults[key])
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise ParameterError(missing[0], "is required" + (
@@ -284,7 +292,7 @@ def parse(pairs: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> RelionItParam
     except ValidationError as exc:
         first = exc.errors()[0]
         key = str(first["loc"][0]) if first["loc"] else None
-        shown = given.get(key or "", "")
+        shown = given.get(key or "", from_defaults.get(key or "", ""))
         msg = first["msg"].removeprefix("Value error, ")
         msg = msg[:1].lower() + msg[1:]
         raise ParameterError(key, f"{msg} (got {shown!r})" if key else msg) from None
@@ -292,12 +300,16 @@ def parse(pairs: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> RelionItParam
     return params
 
 
+def check_defaults(defaults: Mapping[str, Any]) -> None:
+    """Site defaults must type and range-check like any value (with made-up required keys)."""
+    stand_ins = {key: "1" for key in REQUIRED if key not in defaults}
+    parse(stand_ins, defaults)
+
+
 def explicit_items(params: RelionItParameters) -> list[tuple[str, str]]:
     """The keys a user set, as the strings ISPyB stores, in schema order: the text each was
     given as (from ``parse``), else the text of its value."""
     given = params._given
-    return [
-        (k, given[k] if k in given else to_text(getattr(params, k)))
-        for k in FIELDS
-        if k in params.model_fields_set
-    ]
+    if given:
+        return [(k, given[k]) for k in FIELDS if k in given]
+    return [(k, to_text(getattr(params, k))) for k in FIELDS if k in params.model_fields_set]

@@ -49,6 +49,9 @@ GOOD_PARAMS = {
     # no ctffind can be installed here: motion correction is the last stage
     "stop_after_motion_correction": "true",
 }
+# This machine's share for one test's RELION, as a site's relion_it_defaults (relion_it's own
+# defaults are 4 MPI processes x 6 threads for motion correction).
+TEST_MACHINE = {"motioncor_mpi": 1, "motioncor_threads": 1, "ctffind_mpi": 1}
 _visit_numbers = itertools.count(1)
 
 
@@ -111,6 +114,7 @@ def site(tmp_path, stack_settings) -> SiteConfig:
         stale_heartbeats=3,
         ispyb_credentials=stack_settings.processing_credentials_path,
         ispyb_web_credentials=stack_settings.web_credentials_path,
+        relion_it_defaults=TEST_MACHINE,
         zocalo_config=stack_settings.zocalo_config_path,
     )
 

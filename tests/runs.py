@@ -11,7 +11,7 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from conftest import GOOD_PARAMS, new_visit_name
+from conftest import GOOD_PARAMS, TEST_MACHINE, new_visit_name
 from ispyb.sqlalchemy import AutoProcProgram, AutoProcProgramAttachment, AutoProcProgramMessage
 from relion_zo import jobs, status
 from relion_zo.config import SiteConfig
@@ -71,6 +71,7 @@ def site_config(tmp_path: Path, stack_settings, **overrides) -> SiteConfig:
         idle_seconds=0,
         ispyb_credentials=stack_settings.processing_credentials_path,
         ispyb_web_credentials=stack_settings.web_credentials_path,
+        relion_it_defaults=TEST_MACHINE,
         zocalo_config=stack_settings.zocalo_config_path,
     )
     values.update(overrides)

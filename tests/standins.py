@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import GOOD_PARAMS
+from conftest import GOOD_PARAMS, TEST_MACHINE
 
 from relion_zo import parameters
 from relion_zo.config import SiteConfig
@@ -41,7 +41,8 @@ def driver_settings(tmp_path: Path, project: Path, bin_dir: Path, movies: int = 
     site = SiteConfig(data_roots=[tmp_path], visit_directory=str(tmp_path) + "/{visit}")
     values = {
         "project": project,
-        "stages": tuple(stages(parameters.parse(GOOD_PARAMS), site, MOVIE_GLOB, "")),
+        "stages": tuple(stages(parameters.parse(GOOD_PARAMS, TEST_MACHINE), site, MOVIE_GLOB,
+                               "")),
         "movie_glob": MOVIE_GLOB,
         "env": {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
         "repeat_times": 1,

@@ -242,3 +242,21 @@ def test_motion_correction_gets_relion_its_eer_arguments_always():
         assert motioncor["Additional arguments:"] == "--eer_upsampling 1 --eer_grouping 32"
     default = dict(stages.stages(p.parse(GOOD), site, "Movies/*.eer", "")[1].options)
     assert default["Additional arguments:"] == "--eer_upsampling 1 --eer_grouping 20"
+
+
+def test_site_defaults_stand_in_for_missing_keys_and_are_never_stored():
+    site = {"motioncor_mpi": 1, "motioncor_threads": "2", "angpix": "9"}
+    typed = p.parse(GOOD + [("motioncor_threads", "3")], site)
+    assert typed.motioncor_mpi == 1  # the site's, for a key the job left out
+    assert typed.motioncor_threads == 3  # the job's own value wins
+    assert typed.angpix == 1.06
+    assert p.explicit_items(typed) == [(k, v) for k, v in p.explicit_items(
+        p.parse(GOOD + [("motioncor_threads", "3")]))]
+    assert "motioncor_mpi" not in dict(p.explicit_items(typed))
+
+
+def test_relion_its_own_defaults_when_neither_job_nor_site_says():
+    typed = p.parse(GOOD)
+    assert (typed.motioncor_patches_x, typed.motioncor_patches_y) == (4, 4)
+    assert (typed.motioncor_mpi, typed.motioncor_threads, typed.ctffind_mpi) == (4, 6, 8)
+    assert typed.stop_after_ctf_estimation is False

@@ -222,7 +222,7 @@ def test_missing_raw_folder_fails(processing_engine, engine, site, live):
 
 def test_ctf_asked_for_without_ctffind_fails(processing_engine, engine, site, live):
     # SynchWeb writes jobs itself: one that asks for CTF estimation reaches a site without ctffind.
-    pjid = live.start()
+    pjid = live.start(stop_after_ctf_estimation="true")
     with Session(engine) as db:
         db.execute(delete(ProcessingJobParameter).where(
             ProcessingJobParameter.processingJobId == pjid,

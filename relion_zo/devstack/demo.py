@@ -138,6 +138,8 @@ def write_site_config(path: Path, data_root: Path, credentials: Path, zocalo: Pa
         "ispyb_web_credentials": str(web_credentials) if web_credentials else None,
         "zocalo_config": str(zocalo) if zocalo else None,
         "executables": {"relion_pipeliner": "relion_pipeliner", "ctffind": None},
+        # a 2-core machine: one MPI process (relion_it's own defaults are 4 x 6 threads)
+        "relion_it_defaults": {"motioncor_mpi": 1, "motioncor_threads": 2, "ctffind_mpi": 1},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -45,7 +45,7 @@ def check_stages(params: RelionItParameters) -> None:
 
     Such a job parses (a web UI's default asks for the whole pipeline), so its stored rows stay
     readable; this is the one check that refuses it, before anything is written or run."""
-    if not params.stop_after_ctf_estimation:
+    if not (params.stop_after_ctf_estimation or params.stop_after_motion_correction):
         raise ParameterError(
             "stop_after_ctf_estimation",
             # relion_it 3.1's run_pipeline picks particles next, whatever the other keys say
