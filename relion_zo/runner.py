@@ -34,6 +34,7 @@ from relion_zo.manager import JobManager, Outcome
 from relion_zo.movies import MovieChecker
 from relion_zo.paths import open_append
 from relion_zo.relion_it import options as options_mod
+from relion_zo.relion_it.calculate import with_calculated
 from relion_zo.relion_it import pipeliner as pl
 from relion_zo.relion_it.driver import (
     DriverResult,
@@ -112,7 +113,7 @@ def prepare_project(
 ) -> tuple[Path, DriverSettings]:
     """Everything that touches disk before RELION starts; raises RelionZoError on bad input.
     ``resume``: carry on in this job's own existing project (refused for any other folder)."""
-    params = spec.parameters
+    params = with_calculated(spec.parameters)  # relion_it's "calculate for me" sizes
     check_capabilities(params, config)
     jobs.check_movies_folder(config, spec.visit_directory, spec.image_directory)
     jobs.check_template(spec.file_template)  # the row may come from another tool

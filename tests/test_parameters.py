@@ -260,3 +260,25 @@ def test_relion_its_own_defaults_when_neither_job_nor_site_says():
     assert (typed.motioncor_patches_x, typed.motioncor_patches_y) == (4, 4)
     assert (typed.motioncor_mpi, typed.motioncor_threads, typed.ctffind_mpi) == (4, 6, 8)
     assert typed.stop_after_ctf_estimation is False
+
+
+def test_sizes_a_job_leaves_out_are_calculated_as_relion_it_does():
+    """PATo's default leaves mask_diameter out; relion_it's rules give what SynchWeb's form
+    computed for the same diameters (198 Å, box 204, small box 64)."""
+    from relion_zo.relion_it import calculate
+
+    pato = p.parse(PATO_DEFAULT)
+    assert "mask_diameter" not in PATO_DEFAULT
+    full = calculate.with_calculated(pato)
+    assert (full.mask_diameter, full.extract_boxsize, full.extract_small_boxsize) == (198.0, 204,
+                                                                                      64)
+    synchweb = dict(synchweb_rows(RAW, "*.tiff", GAIN))
+    assert (str(full.extract_boxsize), str(full.extract_small_boxsize)) == (
+        synchweb["extract_boxsize"], synchweb["extract_small_boxsize"])
+    assert p.explicit_items(full) == p.explicit_items(pato)  # never stored
+    given = calculate.with_calculated(p.parse({**PATO_DEFAULT, "mask_diameter": "250"}))
+    assert given.mask_diameter == 250  # a given value wins
+    assert calculate.extract_boxsize(150, 1.0) == 180 and calculate.extract_boxsize(151, 1) == 182
+    assert calculate.extract_small_boxsize(40, 1.0) == 40  # never above the box
+    with pytest.raises(p.ParameterError, match="too large"):
+        calculate.extract_small_boxsize(4000, 3.0)
