@@ -43,6 +43,55 @@ NOT_APPLICABLE = {
 }
 
 
+# relion_it 3.1 options relion_zo does not take, each with the reason a refusal names
+# (docs/relion-it-options.md has all 143).
+_LATER = "relion_zo does not run {} yet; leave it out"
+_NOT_TAKEN_GROUPS: dict[str, tuple[str, ...]] = {
+    _LATER.format("particle picking (AutoPick)"): (
+        "autopick_LoG_upper_threshold", "autopick_2dreferences", "autopick_3dreference",
+        "autopick_refs_threshold", "autopick_refs_min_distance", "autopick_stddev_noise",
+        "autopick_avg_noise", "autopick_do_gpu", "autopick_gpu", "autopick_lowpass",
+        "autopick_shrink_factor", "autopick_mpi", "autopick_refs_are_ctf_corrected",
+        "autopick_refs_have_inverted_contrast", "autopick_refs_ignore_ctf1stpeak",
+        "autopick_refs_mask_diam", "autopick_inplane_sampling", "autopick_3dref_symmetry",
+        "autopick_3dref_sampling", "autopick_ref_angpix"),
+    _LATER.format("particle extraction"): (
+        "extract2_downscale", "extract2_small_boxsize", "extract_bg_diameter", "extract_mpi"),
+    _LATER.format("2D and 3D classification"): (
+        "class3d_nr_classes", "have_3d_reference", "class3d_reference",
+        "class3d_ref_is_correct_greyscale", "class3d_ref_is_ctf_corrected",
+        "class3d_ini_lowpass", "minimum_resolution_3dref_2ndpass", "batch_size_pass2",
+        "batch_repeat_time", "do_discard_on_image_statistics", "discard_sigma",
+        "refine_preread_images", "refine_scratch_disk", "refine_nr_pool", "refine_do_gpu",
+        "refine_gpu", "refine_mpi", "refine_threads", "refine_skip_padding",
+        "refine_batchsize_for_fast_subsets", "minimum_batch_size", "class2d_angle_step",
+        "class2d_offset_range", "class2d_offset_step", "class2d_ctf_ign1stpeak",
+        "class3d_nr_iter", "class3d_reference_mask", "class3d_ctf_ign1stpeak", "class3d_T_value",
+        "class3d_angle_step", "class3d_offset_range", "class3d_offset_step",
+        "inimodel_nr_classes", "inimodel_ctf_ign1stpeak", "inimodel_solvent_flatten",
+        "inimodel_angle_step", "inimodel_offset_range", "inimodel_offset_step",
+        "inimodel_nr_iter_initial", "inimodel_nr_iter_inbetween", "inimodel_nr_iter_final",
+        "inimodel_freq_writeout", "inimodel_resol_ini", "inimodel_resol_final",
+        "inimodel_batchsize_ini", "inimodel_batchsize_final", "inimodel_sigmafudge_halflife"),
+    _LATER.format("CTFFIND's exhaustive-search and equi-phase-averaging options"): (
+        "ctffind_do_ignore_search_params", "ctffind_do_EPA"),
+    "queue submission is not configured at this site; leave it out": (
+        "autopick_submit_to_queue", "extract_submit_to_queue", "discard_submit_to_queue",
+        "refine_submit_to_queue", "queue_name", "queue_submit_command",
+        "queue_submission_template", "queue_minimum_dedicated"),
+    "Gctf is not supported (CTFFIND 4.1 is used); leave it out": ("gctf_exe", "gctf_gpu"),
+    "the site file names the programs (executables.motioncor2, executables.ctffind), not a "
+    "job; leave it out": ("motioncor_exe", "ctffind4_exe"),
+    "free-form arguments would reach RELION's shell, so relion_zo takes none; leave it out": (
+        "motioncor_other_args", "autopick_other_args", "class2d_other_args",
+        "class3d_other_args", "inimodel_other_args"),
+    "relion_zo imports movies only (relion_it's default, true); leave it out": (
+        "images_are_movies",),
+}
+NOT_TAKEN: dict[str, str] = {name: reason for reason, names in _NOT_TAKEN_GROUPS.items()
+                             for name in names}
+
+
 def ends_in_movie_suffix(glob: str) -> bool:
     """``*.mrc``, or ``*mrc`` as PATo builds it from an ``imageSuffix`` stored without its dot
     (``<imageDirectory>/GridSquare*/Data/*<imageSuffix>``)."""
@@ -267,6 +316,9 @@ def parse(pairs: Iterable[tuple[str, Any]] | Mapping[str, Any],
     for key, value in items:
         if not isinstance(key, str) or not key:
             raise ParameterError(None, f"parameter keys must be non-empty strings, got {key!r}")
+        if key in NOT_TAKEN:
+            raise ParameterError(key, f"a relion_it 3.1 option relion_zo does not take: "
+                                 f"{NOT_TAKEN[key]}")
         if key not in FIELDS:
             raise ParameterError(key, "unknown key (relion_it option names only)")
         if key in raw:

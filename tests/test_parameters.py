@@ -282,3 +282,19 @@ def test_sizes_a_job_leaves_out_are_calculated_as_relion_it_does():
     assert calculate.extract_small_boxsize(40, 1.0) == 40  # never above the box
     with pytest.raises(p.ParameterError, match="too large"):
         calculate.extract_small_boxsize(4000, 3.0)
+
+
+def test_every_relion_it_option_is_taken_or_refused_with_a_reason():
+    """All 143 of relion_it 3.1's options: a field relion_zo types, or a refusal that says why
+    and what to do; none is accepted and dropped."""
+    from relion_it_3_1 import OPTIONS
+
+    assert len(OPTIONS) == 143
+    assert set(OPTIONS) <= set(p.FIELDS) | set(p.NOT_TAKEN)
+    assert set(p.NOT_TAKEN) <= set(OPTIONS)
+    for key in p.NOT_TAKEN:
+        with pytest.raises(p.ParameterError) as info:
+            p.parse(GOOD + [(key, "1")])
+        assert info.value.key == key
+        assert "relion_it 3.1 option relion_zo does not take" in str(info.value)
+        assert str(info.value).endswith("leave it out")
