@@ -119,3 +119,124 @@ def test_no_second_scheduler_beside_a_live_one(processing_engine, engine, tmp_pa
     finally:
         os.killpg(theirs.pid, signal.SIGKILL)
         theirs.wait()
+
+
+# relion_it 3.1's rules for its first three jobs (scripts/relion_it.py 1547-1634, recorded in
+# tests/relion_it_3_1.py), as data: (label, value from its options ``o``).
+def _yes(value) -> str:
+    return "Yes" if value else "No"
+
+
+RELION_IT_JOBS = {
+    "Import": lambda o, jobs: [
+        ("Raw input files:", o["import_images"]),
+        ("Import raw movies/micrographs?", "Yes"),
+        ("Pixel size (Angstrom):", o["angpix"]),
+        ("Voltage (kV):", o["voltage"]),
+        ("Spherical aberration (mm):", o["Cs"]),
+        ("Amplitude contrast:", o["ampl_contrast"]),
+        ("Are these multi-frame movies?", _yes(o["images_are_movies"])),
+    ],
+    "MotionCorr": lambda o, jobs: [
+        ("Input movies STAR file:", jobs["Import"] + "movies.star"),
+        ("MOTIONCOR2 executable:", o["motioncor_exe"]),
+        ("Defect file:", o["motioncor_defectfile"]),
+        ("Gain-reference image:", o["motioncor_gainreference"]),
+        ("Gain flip:", o["motioncor_gainflip"]),
+        ("Gain rotation:", o["motioncor_gainrot"]),
+        ("Do dose-weighting?", "Yes"),
+        ("Dose per frame (e/A2):", o["motioncor_doseperframe"]),
+        ("Number of patches X:", o["motioncor_patches_x"]),
+        ("Number of patches Y:", o["motioncor_patches_y"]),
+        ("Bfactor:", o["motioncor_bfactor"]),
+        ("Binning factor:", o["motioncor_binning"]),
+        ("Which GPUs to use:", o["motioncor_gpu"]),
+        ("Other MOTIONCOR2 arguments", o["motioncor_other_args"]),
+        ("Number of threads:", o["motioncor_threads"]),
+        ("Number of MPI procs:", o["motioncor_mpi"]),
+        ("Additional arguments:",
+         f"--eer_upsampling {o['eer_upsampling']} --eer_grouping {o['eer_grouping']}"),
+        ("Use RELION's own implementation?", _yes(o["motioncor_do_own"])),
+    ] + ([("Save sum of power spectra?", _yes(o["use_ctffind_instead"]))]
+         if o["motioncor_do_own"] else []),
+    "CtfFind": lambda o, jobs: [
+        ("Amount of astigmatism (A):", o["ctffind_astigmatism"]),
+        ("FFT box size (pix):", o["ctffind_boxsize"]),
+        ("Maximum defocus value (A):", o["ctffind_defocus_max"]),
+        ("Minimum defocus value (A):", o["ctffind_defocus_min"]),
+        ("Defocus step size (A):", o["ctffind_defocus_step"]),
+        ("Maximum resolution (A):", o["ctffind_maxres"]),
+        ("Minimum resolution (A):", o["ctffind_minres"]),
+        ("Gctf executable:", o["gctf_exe"]),
+        ("Which GPUs to use:", o["gctf_gpu"]),
+        ("CTFFIND-4.1 executable:", o["ctffind4_exe"]),
+        ("Number of MPI procs:", o["ctffind_mpi"]),
+        ("Input micrographs STAR file:", jobs["MotionCorr"] + "corrected_micrographs.star"),
+        ("Use CTFFIND-4.1?", _yes(o["use_ctffind_instead"])),
+        ("Use Gctf instead?", _yes(not o["use_ctffind_instead"])),
+        ("Use power spectra from MotionCorr job?", _yes(o["use_ctffind_instead"])),
+        ("Estimate phase shifts?", _yes(o["ctffind_do_phaseshift"])),
+    ],
+}
+# Where relion_zo's project still differs from relion_it's, and why (docs/relion-it-options.md).
+KNOWN_DIFFERENCES = {
+    # power spectra need movies of at least RELION's 512-pixel spectrum size at a pixel size
+    # it can crop (cropInFourierSpace); relion_zo turns them off until its data allow them
+    ("MotionCorr", "do_save_ps"),
+    ("CtfFind", "use_given_ps"),
+}
+
+
+def _job_star(path) -> dict[str, str]:
+    values = {}
+    rows = pl._loop_rows(path.read_text(), "joboptions_values")
+    for row in rows:
+        values[row[0]] = " ".join(row[1:]).strip('"')
+    return values
+
+
+def test_the_job_star_files_are_relion_its_for_the_same_options(tmp_path):
+    """relion_zo's Import, MotionCorr and CtfFind jobs, and the ones relion_it 3.1 adds from
+    relion_zo's own relion_it_options.py, added by RELION's relion_pipeliner in two projects:
+    the same job.star values, label by label."""
+    from conftest import GOOD_PARAMS
+    from relion_it_3_1 import OPTIONS
+
+    from relion_zo import parameters
+    from relion_zo.config import Executables, SiteConfig
+    from relion_zo.relion_it.stages import JobRef, stages
+
+    site = SiteConfig(data_roots=[tmp_path], visit_directory=str(tmp_path) + "/{visit}",
+                      executables=Executables(ctffind="/opt/ctffind/bin/ctffind"))
+    params = parameters.parse({**GOOD_PARAMS, "stop_after_motion_correction": "false",
+                               "stop_after_ctf_estimation": "true"})
+    glob, gain = "Movies/GridSquare_*/Data/*.tiff", "gain.mrc"
+    ours = stages(params, site, glob, gain)
+    overrides = {"import_images": glob, "motioncor_gainreference": gain,
+                 "motioncor_defectfile": "", "motioncor_exe": "",
+                 "ctffind4_exe": site.executables.ctffind, "images_are_movies": True}
+    options_mod.write_options(tmp_path, options_mod.options_text(params, overrides,
+                                                                 processing_job_id=1))
+    relion_it = {**OPTIONS, **options_mod.read_options(tmp_path / options_mod.OPTIONS_FILE)}
+    env = dict(os.environ)
+    theirs_dir, ours_dir = tmp_path / "relion_it", tmp_path / "relion_zo"
+    added: dict[str, dict[str, str]] = {"relion_it": {}, "relion_zo": {}}
+    for folder in (theirs_dir, ours_dir):
+        folder.mkdir()
+        pl.ensure_pipeline(folder)
+    for stage in ours:
+        mine = [(label, value.resolve({s.name_in_script: added["relion_zo"][s.job_type]
+                                       for s in ours if s.job_type in added["relion_zo"]})
+                 if isinstance(value, JobRef) else value) for label, value in stage.options]
+        added["relion_zo"][stage.job_type] = pl.add_job("relion_pipeliner", ours_dir,
+                                                        stage.job_type, mine, env)
+        theirs = RELION_IT_JOBS[stage.job_type](relion_it, added["relion_it"])
+        added["relion_it"][stage.job_type] = pl.add_job("relion_pipeliner", theirs_dir,
+                                                        stage.job_type, theirs, env)
+    assert added["relion_it"] == added["relion_zo"]
+    differences = set()
+    for job_type, job in added["relion_zo"].items():
+        a, b = _job_star(theirs_dir / job / "job.star"), _job_star(ours_dir / job / "job.star")
+        assert a.keys() == b.keys()
+        differences |= {(job_type, key, a[key], b[key]) for key in a if a[key] != b[key]}
+    assert {(job, key) for job, key, *_ in differences} == KNOWN_DIFFERENCES, differences

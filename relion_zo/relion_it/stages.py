@@ -33,6 +33,9 @@ class Stage:
     options: tuple[tuple[str, object], ...]
 
 
+GCTF_GPU = "0"  # relion_it's gctf_gpu: unused with CTFFIND, but in its job.star
+
+
 def _executable(value: str | None) -> str | None:
     if not value:
         return None
@@ -132,11 +135,11 @@ def stages(
     # last on the command line they win over the job's own EER fractionation (32).
     motioncor.append(("Additional arguments:",
                       f"--eer_upsampling {p.eer_upsampling} --eer_grouping {p.eer_grouping}"))
-    if not p.motioncor_do_own:
-        motioncor += [
-            ("MOTIONCOR2 executable:", config.executables.motioncor2),
-            ("Which GPUs to use:", p.motioncor_gpu),
-        ]
+    # relion_it passes these whichever implementation runs (the job.star matches its own)
+    motioncor += [
+        ("MOTIONCOR2 executable:", config.executables.motioncor2 or ""),
+        ("Which GPUs to use:", p.motioncor_gpu),
+    ]
     result.append(
         Stage("motioncorr_job", "MotionCorr", "MotionCorr", "corrected_micrographs.star",
               "micrographs", tuple(motioncor))
@@ -160,6 +163,8 @@ def stages(
                     ("Maximum defocus value (A):", p.ctffind_defocus_max),
                     ("Defocus step size (A):", p.ctffind_defocus_step),
                     ("Use CTFFIND-4.1?", True),
+                    ("Use Gctf instead?", False),
+                    ("Which GPUs to use:", GCTF_GPU),
                     ("CTFFIND-4.1 executable:", config.executables.ctffind),
                     ("Use power spectra from MotionCorr job?", False),
                     ("Use exhaustive search?", False),
