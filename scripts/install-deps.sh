@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 packages=(mariadb-server mariadb-client rabbitmq-server relion openmpi-bin
           libmariadb-dev pkg-config build-essential ghostscript)
+# RELION 3.1 runs CTFFIND (and relion-zo-ctffind-aspire) through `csh` unless RELION_SHELL is set.
+packages+=(tcsh)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -34,3 +36,19 @@ pytest, wheel; print(os.path.realpath(relion_zo.__file__))" 2>/dev/null || true)
 if ! command -v relion-zo >/dev/null || [[ "$installed" != "$here"/* ]]; then
   python3 -m pip install -q -e ".[test]"
 fi
+
+# relion-zo-ctffind-aspire (docs/ctffind-standin.md), the CTFFIND 4.1 stand-in for RELION's
+# CtfFind job where CTFFIND cannot be installed, runs ASPIRE's CTF estimator in a venv of its own:
+# aspire pins finufft and confuse and would upgrade cloudpickle here, and its full requirements
+# are ~740 MB. Only what `import aspire.ctf` needs is installed (aspire 0.14.3 without cvxpy,
+# scikit-image and click).
+aspire_venv=${RELION_ZO_ASPIRE_VENV:-${XDG_DATA_HOME:-$HOME/.local/share}/relion_zo/aspire-venv}
+aspire_reqs="numpy scipy mrcfile finufft==2.5.0 confuse==2.1.0 pooch packaging scikit-learn tqdm psutil gemmi matplotlib pymanopt PyWavelets"
+if [ "$(cat "$aspire_venv/.relion_zo_requirements" 2>/dev/null)" != "aspire==0.14.3 $aspire_reqs" ]; then
+  python3 -m venv --clear "$aspire_venv"
+  # shellcheck disable=SC2086
+  "$aspire_venv/bin/python" -m pip install -q $aspire_reqs
+  "$aspire_venv/bin/python" -m pip install -q --no-deps aspire==0.14.3
+  echo "aspire==0.14.3 $aspire_reqs" > "$aspire_venv/.relion_zo_requirements"
+fi
+command -v relion-zo-ctffind-aspire >/dev/null || python3 -m pip install -q -e ".[test]"
