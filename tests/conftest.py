@@ -46,7 +46,8 @@ GOOD_PARAMS = {
     "voltage": "300",
     "Cs": "2.7",
     "motioncor_doseperframe": "1.0",
-    # no ctffind can be installed here: motion correction is the last stage
+    # motion correction is the last stage: most tests need no CTF (test_run has one with the
+    # ctffind stand-in)
     "stop_after_motion_correction": "true",
 }
 # This machine's share for one test's RELION, as a site's relion_it_defaults (relion_it's own

@@ -420,3 +420,22 @@ def test_stop_by_data_collection_marks_its_active_job(engine, site, live, tmp_pa
     assert state.state == "stopped" and "relion-zo stop (" in state.message
     assert stop_cli.main(["--local", "--config", str(site_file), "--dcid", str(dcid)]) == 1
     assert f"data collection {dcid} has no active job" in capsys.readouterr().out
+
+
+def test_ctf_estimation_runs_with_the_sites_ctffind(processing_engine, engine, tmp_path,
+                                                    stack_settings, live_visits):
+    """Import, MotionCorr and CtfFind to success, RELION's CtfFind job running the site's
+    ctffind (here relion-zo-ctffind-aspire, docs/ctffind-standin.md)."""
+    ctffind = shutil.which("relion-zo-ctffind-aspire")
+    assert ctffind, "scripts/install-deps.sh installs relion-zo-ctffind-aspire"
+    site = site_config(tmp_path, stack_settings, idle_seconds=0,
+                       executables={"relion_pipeliner": "relion_pipeliner", "ctffind": ctffind})
+    live = live_visits(site, movies=2, size=256, frames=4)
+    pjid = live.start(stop_after_motion_correction="false", stop_after_ctf_estimation="true",
+                      ctffind_boxsize="128")
+    outcome = run_job(pjid, engine=processing_engine, config=site)
+    assert outcome.state == "success", outcome.message
+    assert outcome.message == "Import 2, MotionCorr 2/2, CtfFind 2/2"
+    star = live.project(pjid) / "CtfFind" / "job003" / "micrographs_ctf.star"
+    defoci = [float(v) for v in pl.star_column(star, "micrographs", "_rlnDefocusU")]
+    assert len(defoci) == 2 and all(d > 0 for d in defoci)

@@ -80,8 +80,9 @@ def check_capabilities(params: RelionItParameters, config: SiteConfig) -> None:
     if not _executable(config.executables.ctffind):
         raise InputError(
             f"ctffind is not available at this site (executables.ctffind: "
-            f"{config.executables.ctffind}); set stop_after_motion_correction=true to stop after "
-            "motion correction"
+            f"{config.executables.ctffind}); name CTFFIND 4.1 there (or, where it cannot be "
+            "installed, relion-zo-ctffind-aspire: docs/ctffind-standin.md), or set "
+            "stop_after_motion_correction=true to stop after motion correction"
         )
     if not shutil.which("csh"):
         raise InputError("RELION's CTFFIND wrapper needs csh, which is not installed here")
