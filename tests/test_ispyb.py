@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pika
 import pytest
-from conftest import row_counts
+from conftest import TEST_MACHINE, row_counts
 from ispyb.sqlalchemy import (
     AutoProcProgram,
     AutoProcProgramMessage,
@@ -510,20 +510,29 @@ def test_patos_default_job_fails_naming_the_stage_relion_zo_does_not_run(
     assert any("AutoPick" in note for note in _error_notes(engine, pjid))
 
 
-def test_patos_stop_after_ctf_job_is_refused_for_want_of_ctffind(
-        engine, web_engine, stack_settings, ui_site, live_visits):
-    """CtfFind needs the site's ctffind, which this machine lacks: a clear failure, shown as
-    Fail, checked before RELION starts."""
-    live = live_visits(ui_site)
+def test_patos_stop_after_ctf_job_runs_to_success(engine, web_engine, stack_settings, services,
+                                                   tmp_path, live_visits):
+    """PATo's job with "Stop after CTF estimation", its nine rows exactly, on a site whose
+    ctffind is relion-zo-ctffind-aspire: Import, MotionCorr and CtfFind, shown as Success."""
+    import shutil
+
+    site = site_config(tmp_path, stack_settings, idle_seconds=0, executables={
+        "relion_pipeliner": "relion_pipeliner",
+        "ctffind": shutil.which("relion-zo-ctffind-aspire")},
+        relion_it_defaults={**TEST_MACHINE, "ctffind_boxsize": 128})  # the movies are small
+    services.site_file = write_site_file(site, tmp_path / "site-ctf.yaml")
+    services.dispatcher()
+    services.worker()
+    live = live_visits(site, size=256)
     dcid, raw = acquired(engine, live, suffix="mrc", template="GridSquare_1/Data/*.mrc",
                          grid=True)
-    pjid = write_ui_job(web_engine, dcid, "Submitted via PATo", pato_rows(
-        raw, "mrc", str(live.gain), stop_after_ctf=True))
+    rows = pato_rows(raw, "mrc", str(live.gain), stop_after_ctf=True)
+    pjid = write_ui_job(web_engine, dcid, "Submitted via PATo", rows)
     publish_like_pato(stack_settings, {"parameters": {"ispyb_process": pjid}})
-    state = wait_final(engine, ui_site, pjid)
-    assert state.state == "failure" and pato_status(engine, pjid) == "Fail"
-    assert "ctffind is not available at this site" in state.message
-    assert not (live.project(pjid) / "MotionCorr").exists()
+    state = wait_final(engine, site, pjid)
+    assert state.state == "success", state.message
+    assert state.message == "Import 2, MotionCorr 2/2, CtfFind 2/2"
+    assert pato_status(engine, pjid) == "Success"
 
 
 def test_a_pato_shaped_job_runs_to_success_within_the_stages_relion_zo_runs(
