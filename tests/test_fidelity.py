@@ -178,13 +178,8 @@ RELION_IT_JOBS = {
         ("Estimate phase shifts?", _yes(o["ctffind_do_phaseshift"])),
     ],
 }
-# Where relion_zo's project still differs from relion_it's, and why (docs/relion-it-options.md).
-KNOWN_DIFFERENCES = {
-    # power spectra need movies of at least RELION's 512-pixel spectrum size at a pixel size
-    # it can crop (cropInFourierSpace); relion_zo turns them off until its data allow them
-    ("MotionCorr", "do_save_ps"),
-    ("CtfFind", "use_given_ps"),
-}
+# Where relion_zo's project still differs from relion_it's for these options: nowhere.
+KNOWN_DIFFERENCES: set[tuple[str, str]] = set()
 
 
 def _job_star(path) -> dict[str, str]:

@@ -519,11 +519,11 @@ def test_patos_stop_after_ctf_job_runs_to_success(engine, web_engine, stack_sett
     site = site_config(tmp_path, stack_settings, idle_seconds=0, executables={
         "relion_pipeliner": "relion_pipeliner",
         "ctffind": shutil.which("relion-zo-ctffind-aspire")},
-        relion_it_defaults={**TEST_MACHINE, "ctffind_boxsize": 128})  # the movies are small
+        relion_it_defaults=TEST_MACHINE)
     services.site_file = write_site_file(site, tmp_path / "site-ctf.yaml")
     services.dispatcher()
     services.worker()
-    live = live_visits(site, size=256)
+    live = live_visits(site, size=1024)  # big enough for RELION's 512-pixel power spectra
     dcid, raw = acquired(engine, live, suffix="mrc", template="GridSquare_1/Data/*.mrc",
                          grid=True)
     rows = pato_rows(raw, "mrc", str(live.gain), stop_after_ctf=True)

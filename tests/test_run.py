@@ -430,12 +430,16 @@ def test_ctf_estimation_runs_with_the_sites_ctffind(processing_engine, engine, t
     assert ctffind, "scripts/install-deps.sh installs relion-zo-ctffind-aspire"
     site = site_config(tmp_path, stack_settings, idle_seconds=0,
                        executables={"relion_pipeliner": "relion_pipeliner", "ctffind": ctffind})
-    live = live_visits(site, movies=2, size=256, frames=4)
-    pjid = live.start(stop_after_motion_correction="false", stop_after_ctf_estimation="true",
-                      ctffind_boxsize="128")
+    # relion_it's power-spectrum path: MotionCorr saves them, CtfFind uses them (movies big
+    # enough for RELION's 512-pixel spectra)
+    live = live_visits(site, movies=2, size=1024, frames=4, angpix=2.0)
+    pjid = live.start(angpix="2.0", stop_after_motion_correction="false",
+                      stop_after_ctf_estimation="true")
     outcome = run_job(pjid, engine=processing_engine, config=site)
     assert outcome.state == "success", outcome.message
     assert outcome.message == "Import 2, MotionCorr 2/2, CtfFind 2/2"
+    motion = live.project(pjid) / "MotionCorr" / "job002" / "corrected_micrographs.star"
+    assert len(pl.star_column(motion, "micrographs", "_rlnCtfPowerSpectrum")) == 2
     star = live.project(pjid) / "CtfFind" / "job003" / "micrographs_ctf.star"
     defoci = [float(v) for v in pl.star_column(star, "micrographs", "_rlnDefocusU")]
     assert len(defoci) == 2 and all(d > 0 for d in defoci)

@@ -36,6 +36,15 @@ class Stage:
 GCTF_GPU = "0"  # relion_it's gctf_gpu: unused with CTFFIND, but in its job.star
 
 
+def power_spectra(p: RelionItParameters) -> bool:
+    """relion_it saves MotionCorr's power spectra and has CTFFIND use them when RELION's own
+    motion correction meets CTFFIND. Two departures, both where relion_it would fail: not
+    with MotionCor2 (relion_it still asks CtfFind for spectra nobody wrote), and not when the
+    job stops after motion correction (relion_zo's own key; no CTF to estimate, and RELION's
+    512-pixel spectra fail on small movies)."""
+    return p.motioncor_do_own and p.use_ctffind_instead and not p.stop_after_motion_correction
+
+
 def _executable(value: str | None) -> str | None:
     if not value:
         return None
@@ -117,7 +126,7 @@ def stages(
         ("Pre-exposure (e/A2):", 0),
         ("Do dose-weighting?", True),
         ("Save non-dose weighted as well?", False),
-        ("Save sum of power spectra?", False),
+        ("Save sum of power spectra?", power_spectra(p)),
         ("Bfactor:", p.motioncor_bfactor),
         ("Number of patches X:", p.motioncor_patches_x),
         ("Number of patches Y:", p.motioncor_patches_y),
@@ -167,7 +176,7 @@ def stages(
                     ("Use Gctf instead?", False),
                     ("Which GPUs to use:", GCTF_GPU),
                     ("CTFFIND-4.1 executable:", config.executables.ctffind),
-                    ("Use power spectra from MotionCorr job?", False),
+                    ("Use power spectra from MotionCorr job?", power_spectra(p)),
                     ("Use exhaustive search?", False),
                     ("Number of MPI procs:", p.ctffind_mpi),
                     ("Submit to queue?", False),
