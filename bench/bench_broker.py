@@ -28,10 +28,9 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_store import cleanup, throwaway_job  # noqa: E402
+from bench_store import bench_site, cleanup, throwaway_job  # noqa: E402
 
 from relion_zo import broker, control  # noqa: E402
-from relion_zo.config import SiteConfig  # noqa: E402
 from relion_zo.db import make_engine  # noqa: E402
 from relion_zo.devstack import stack  # noqa: E402
 from relion_zo.devstack.services import LocalServices  # noqa: E402
@@ -70,9 +69,8 @@ def main() -> int:
     sessions: list[int] = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        site = SiteConfig(data_roots=[data], visit_directory=str(data) + "/{year}/{visit}",
-                          idle_seconds=0, heartbeat_seconds=5,
-                          ispyb_credentials=settings.credentials_path, zocalo_config=zocalo)
+        site = bench_site(data, settings, idle_seconds=0, heartbeat_seconds=5,
+                          zocalo_config=zocalo)
         site_file = Path(tmp) / "site.yaml"
         site_file.write_text(yaml.safe_dump(site.model_dump(mode="json")))
         try:

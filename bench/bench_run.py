@@ -31,9 +31,9 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_store import cleanup, throwaway_job  # noqa: E402
+from bench_store import bench_site, cleanup, throwaway_job  # noqa: E402
 
-from relion_zo.config import SiteConfig, load_config  # noqa: E402
+from relion_zo.config import load_config  # noqa: E402
 from relion_zo.db import make_engine  # noqa: E402
 from relion_zo.devstack import stack  # noqa: E402
 from relion_zo.relion_it.driver import processes_in  # noqa: E402
@@ -75,9 +75,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        site = SiteConfig(data_roots=[data], visit_directory=str(data) + "/{year}/{visit}",
-                          idle_seconds=0, heartbeat_seconds=5,
-                          ispyb_credentials=settings.credentials_path)
+        site = bench_site(data, settings, idle_seconds=0, heartbeat_seconds=5)
         config_path = Path(tmp) / "site.yaml"
         config_path.write_text(yaml.safe_dump(site.model_dump(mode="json")))
         if args.stops:

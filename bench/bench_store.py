@@ -59,6 +59,18 @@ def ms(values):
             f"p95 {values[int(0.95 * (len(values) - 1))] * 1000:.2f} ms (n={len(values)})")
 
 
+# One MPI process, as a 2-core machine needs (relion_it's own defaults are 4 x 6 threads).
+MACHINE = {"motioncor_mpi": 1, "motioncor_threads": 1, "ctffind_mpi": 1}
+
+
+def bench_site(data: Path, settings, **values) -> SiteConfig:
+    """A site on the local stack whose commands use each side's least-privileged user."""
+    return SiteConfig(data_roots=[data], visit_directory=str(data) + "/{year}/{visit}",
+                      ispyb_credentials=settings.processing_credentials_path,
+                      ispyb_web_credentials=settings.web_credentials_path,
+                      relion_it_defaults=MACHINE, **values)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=500)
@@ -68,8 +80,7 @@ def main() -> int:
     name = f"bb{uuid.uuid4().int % 10**8:08d}-1"
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        site = SiteConfig(data_roots=[data], visit_directory=str(data) + "/{year}/{visit}",
-                          ispyb_credentials=settings.credentials_path)
+        site = bench_site(data, settings)
         raw = data / "2026" / name / "raw"
         with Session(engine) as db:
             session_id = seed_visit(db, name, start=dt.datetime(2026, 11, 1))
