@@ -244,7 +244,8 @@ def stop_requested(db: Session, processing_job_id: int, program_id: int | None) 
 
 def open_stop_requests(db: Session) -> list[int]:
     """Relion jobs with a stop request whose newest program is not final (or that have none):
-    the ones a worker may have to close."""
+    the ones a worker may have to close. ISPyB indexes ProcessingJobParameter by
+    (parameterKey, processingJobId), so finding the stop rows by key reads only those rows."""
     job = ProcessingJobParameter.processingJobId
     newest = aliased(AutoProcProgram)
     later = aliased(AutoProcProgram)
