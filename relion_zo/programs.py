@@ -253,7 +253,7 @@ def open_stop_requests(db: Session) -> list[int]:
         select(newest.autoProcProgramId)
         .where(newest.processingJobId == job, newest.processingStatus.is_not(None),
                ~select(later.autoProcProgramId)
-               .where(later.processingJobId == job,
+               .where(later.processingJobId == newest.processingJobId,
                       later.autoProcProgramId > newest.autoProcProgramId).exists())
         .exists()
     )

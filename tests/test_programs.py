@@ -68,3 +68,20 @@ def test_attachments(db, site, visit, tmp_path):
         AutoProcProgramAttachment.autoProcProgramId == app)).scalar_one()
     assert (att.fileName, att.filePath, att.fileType) == (
         "relion_it_options.py", str(tmp_path), "Input")
+
+
+def test_stop_requests_are_open_only_while_the_newest_program_is(db, site, visit):
+    """What a worker round settles: a job asked to stop that is not final yet; never one whose
+    newest program is final (stopped jobs keep their request row for good)."""
+    names = sorted(path.name for path in visit.raw.glob("*.mrc"))
+    asked, running, done = (jobs.start_job(  # three data collections: one active job each
+        db, site, GOOD_PARAMS, visit=visit.name, image_directory=str(visit.raw),
+        file_template=template).processing_job_id for template in ["*.mrc", *names[:2]])
+    for pjid in (asked, running, done):
+        programs.request_stop(db, pjid, None, "test")
+    first = programs.register(db, running)
+    assert programs.finish(db, first, success=False, message="Failed: x")
+    programs.register(db, running)  # resumed: a newer program, still open
+    programs.finish_stopped(db, programs.register(db, done))
+    found = set(programs.open_stop_requests(db))
+    assert {asked, running} <= found and done not in found
