@@ -33,6 +33,11 @@ VALUE_LENGTH = 1024  # ProcessingJobParameter.parameterValue
 MOVIE_SUFFIXES = (".mrc", ".mrcs", ".tif", ".tiff", ".eer")
 INT_MAX = 2**31 - 1  # RELION reads whole numbers into a C int
 # How booleans reach the table: 1/0 (PATo, SynchWeb), True/False (Python), true/false (JSON).
+GPU_IDS = r"^[0-9:,]*$"  # RELION's "Which GPUs to use:": device numbers, ':' and ','
+SYMMETRY = r"^[A-Za-z][0-9A-Za-z]*$"  # C1, D7, O, I3 ...
+# RELION 3.1's angular sampling choices (src/pipeline_jobs.h, job_sampling_options)
+Sampling = Literal["30 degrees", "15 degrees", "7.5 degrees", "3.7 degrees", "1.8 degrees",
+                   "0.9 degrees", "0.5 degrees", "0.2 degrees", "0.1 degrees"]
 BOOL_TEXT = {"1": True, "0": False, "true": True, "false": False}
 # relion_zo's own keys: not relion_it options.
 RELION_ZO_ONLY = frozenset({"stop_after_motion_correction"})
@@ -47,39 +52,20 @@ NOT_APPLICABLE = {
 # (docs/relion-it-options.md has all 143).
 _LATER = "relion_zo does not run {} yet; leave it out"
 _NOT_TAKEN_GROUPS: dict[str, tuple[str, ...]] = {
-    _LATER.format("particle picking (AutoPick)"): (
-        "autopick_LoG_upper_threshold", "autopick_2dreferences", "autopick_3dreference",
-        "autopick_refs_threshold", "autopick_refs_min_distance", "autopick_stddev_noise",
-        "autopick_avg_noise", "autopick_do_gpu", "autopick_gpu", "autopick_lowpass",
-        "autopick_shrink_factor", "autopick_mpi", "autopick_refs_are_ctf_corrected",
-        "autopick_refs_have_inverted_contrast", "autopick_refs_ignore_ctf1stpeak",
-        "autopick_refs_mask_diam", "autopick_inplane_sampling", "autopick_3dref_symmetry",
-        "autopick_3dref_sampling", "autopick_ref_angpix"),
-    _LATER.format("particle extraction"): (
-        "extract2_downscale", "extract2_small_boxsize", "extract_bg_diameter", "extract_mpi"),
-    _LATER.format("2D and 3D classification"): (
-        "class3d_nr_classes", "have_3d_reference", "class3d_reference",
-        "class3d_ref_is_correct_greyscale", "class3d_ref_is_ctf_corrected",
-        "class3d_ini_lowpass", "minimum_resolution_3dref_2ndpass", "batch_size_pass2",
-        "batch_repeat_time", "do_discard_on_image_statistics", "discard_sigma",
-        "refine_preread_images", "refine_scratch_disk", "refine_nr_pool", "refine_do_gpu",
-        "refine_gpu", "refine_mpi", "refine_threads", "refine_skip_padding",
-        "refine_batchsize_for_fast_subsets", "minimum_batch_size", "class2d_angle_step",
-        "class2d_offset_range", "class2d_offset_step", "class2d_ctf_ign1stpeak",
-        "class3d_nr_iter", "class3d_reference_mask", "class3d_ctf_ign1stpeak", "class3d_T_value",
-        "class3d_angle_step", "class3d_offset_range", "class3d_offset_step",
-        "inimodel_nr_classes", "inimodel_ctf_ign1stpeak", "inimodel_solvent_flatten",
-        "inimodel_angle_step", "inimodel_offset_range", "inimodel_offset_step",
-        "inimodel_nr_iter_initial", "inimodel_nr_iter_inbetween", "inimodel_nr_iter_final",
-        "inimodel_freq_writeout", "inimodel_resol_ini", "inimodel_resol_final",
-        "inimodel_batchsize_ini", "inimodel_batchsize_final", "inimodel_sigmafudge_halflife"),
-    _LATER.format("CTFFIND's exhaustive-search and equi-phase-averaging options"): (
-        "ctffind_do_ignore_search_params", "ctffind_do_EPA"),
+    _LATER.format("the second pass (reference-based picking from pass 1's best 3D class)"): (
+        "minimum_resolution_3dref_2ndpass", "batch_size_pass2", "extract2_downscale",
+        "extract2_small_boxsize"),
+    "references are files a job cannot name yet (relion_zo picks with LoG and makes its own "
+    "3D reference with InitialModel); leave it out": (
+        "autopick_2dreferences", "autopick_3dreference", "have_3d_reference",
+        "class3d_reference", "class3d_ref_is_correct_greyscale", "class3d_ref_is_ctf_corrected",
+        "class3d_reference_mask"),
+    "scratch space is the site's to name, not a job's; leave it out": ("refine_scratch_disk",),
     "queue submission is not configured at this site; leave it out": (
-        "autopick_submit_to_queue", "extract_submit_to_queue", "discard_submit_to_queue",
-        "refine_submit_to_queue", "queue_name", "queue_submit_command",
+        "queue_name", "queue_submit_command",
         "queue_submission_template", "queue_minimum_dedicated"),
-    "Gctf is not supported (CTFFIND 4.1 is used); leave it out": ("gctf_exe", "gctf_gpu"),
+    "Gctf is not supported (CTFFIND 4.1 is used); leave it out": (
+        "gctf_exe", "gctf_gpu", "ctffind_do_ignore_search_params", "ctffind_do_EPA"),
     "the site file names the programs (executables.motioncor2, executables.ctffind), not a "
     "job; leave it out": ("motioncor_exe", "ctffind4_exe"),
     "free-form arguments would reach RELION's shell, so relion_zo takes none; leave it out": (
@@ -150,7 +136,7 @@ class RelionItParameters(BaseModel):
     motioncor_patches_y: int = Field(default=4, ge=1, le=INT_MAX)
     motioncor_threads: int = Field(default=6, ge=1, le=INT_MAX)
     motioncor_mpi: int = Field(default=4, ge=1, le=INT_MAX)
-    motioncor_gpu: str = Field(default="0", pattern=r"^[0-9:,]*$", max_length=80)
+    motioncor_gpu: str = Field(default="0", pattern=GPU_IDS, max_length=80)
     motioncor_submit_to_queue: bool = False
     eer_upsampling: int = Field(
         default=1, ge=1, le=2, description="EER super-resolution: 1 (4K) or 2 (8K), as RELION allows")
@@ -174,16 +160,40 @@ class RelionItParameters(BaseModel):
     ctffind_do_phaseshift: bool = False
     ctffind_mpi: int = Field(default=8, ge=1, le=INT_MAX)
     ctffind_submit_to_queue: bool = False
-    # --- Picking, extraction, classification: accepted and written to relion_it_options.py;
-    # relion_zo runs no stage after CTF estimation yet (stages.check_stages says so, naming it).
+    # --- Picking (relion_it's LoG picker; the reference options go into AutoPick's job.star as
+    # relion_it passes them, and RELION's LoG picker reads the noise limits).
     autopick_do_LoG: bool = True
-    autopick_do_cryolo: bool = False  # Diamond's relion_it
+    autopick_do_cryolo: bool = False  # Diamond's relion_it; LoG where no crYOLO is configured
     autopick_LoG_diam_min: float = Field(default=150, gt=0)
     autopick_LoG_diam_max: float = Field(default=180, gt=0)
     autopick_LoG_adjust_threshold: float = 0.0
+    autopick_LoG_upper_threshold: float = 999.0
+    autopick_lowpass: float = 20
+    autopick_shrink_factor: float = Field(default=0, ge=0, le=1)
+    autopick_refs_threshold: float = 0.4
+    autopick_refs_min_distance: float = Field(default=120, ge=0)
+    autopick_stddev_noise: float = -1
+    autopick_avg_noise: float = -999
+    autopick_refs_are_ctf_corrected: bool = True
+    autopick_refs_have_inverted_contrast: bool = True
+    autopick_refs_ignore_ctf1stpeak: bool = False
+    autopick_refs_mask_diam: float = -1
+    autopick_inplane_sampling: float = Field(default=10, gt=0)
+    autopick_3dref_symmetry: str = Field(default="C1", pattern=SYMMETRY, max_length=10)
+    autopick_3dref_sampling: Sampling = "30 degrees"
+    autopick_ref_angpix: float = -1
+    autopick_do_gpu: bool = True
+    autopick_gpu: str = Field(default="0", pattern=GPU_IDS, max_length=80)
+    autopick_mpi: int = Field(default=1, ge=1, le=INT_MAX)
+    autopick_submit_to_queue: bool = False
+    # --- Extraction
     extract_boxsize: int = Field(default=256, gt=0, le=INT_MAX)
     extract_downscale: bool = False
     extract_small_boxsize: int = Field(default=64, gt=0, le=INT_MAX)
+    extract_bg_diameter: float = -1
+    extract_mpi: int = Field(default=1, ge=1, le=INT_MAX)
+    extract_submit_to_queue: bool = False
+    # --- Batches and classification
     do_class2d: bool = True
     do_class3d: bool = True
     # Diamond's relion_it: choose the 3D reference by FSC ("Best initial model from FSC").
@@ -192,10 +202,51 @@ class RelionItParameters(BaseModel):
     do_class2d_pass2: bool = True
     do_class3d_pass2: bool = False
     batch_size: int = Field(default=10000, ge=1, le=INT_MAX)
+    minimum_batch_size: int = Field(default=10000, ge=0, le=INT_MAX)
+    batch_repeat_time: float = Field(default=1, ge=0, description="minutes")
+    do_discard_on_image_statistics: bool = False
+    discard_sigma: float = Field(default=4, gt=0)
+    discard_submit_to_queue: bool = False
+    mask_diameter: float = Field(default=190, gt=0)
+    symmetry: str = Field(default="C1", pattern=SYMMETRY, max_length=10)
+    refine_preread_images: bool = False
+    refine_nr_pool: int = Field(default=10, ge=1, le=INT_MAX)
+    refine_do_gpu: bool = True
+    refine_gpu: str = Field(default="1", pattern=GPU_IDS, max_length=80)
+    refine_mpi: int = Field(default=1, ge=1, le=INT_MAX)
+    refine_threads: int = Field(default=6, ge=1, le=INT_MAX)
+    refine_skip_padding: bool = False
+    refine_submit_to_queue: bool = False
+    refine_batchsize_for_fast_subsets: int = Field(default=10000, ge=0, le=INT_MAX)
     class2d_nr_classes: int = Field(default=50, ge=1, le=INT_MAX)
     class2d_nr_iter: int = Field(default=20, ge=1, le=INT_MAX)
-    mask_diameter: float = Field(default=190, gt=0)
-    symmetry: str = Field(default="C1", pattern=r"^[A-Za-z][0-9A-Za-z]*$", max_length=10)
+    class2d_angle_step: float = Field(default=6, gt=0)
+    class2d_offset_range: float = Field(default=5, ge=0)
+    class2d_offset_step: float = Field(default=1, gt=0)
+    class2d_ctf_ign1stpeak: bool = False
+    class3d_nr_classes: int = Field(default=4, ge=1, le=INT_MAX)
+    class3d_nr_iter: int = Field(default=20, ge=1, le=INT_MAX)
+    class3d_ini_lowpass: float = Field(default=40, ge=0)
+    class3d_ctf_ign1stpeak: bool = False
+    class3d_T_value: float = Field(default=4, gt=0)
+    class3d_angle_step: Sampling = "7.5 degrees"
+    class3d_offset_range: float = Field(default=5, ge=0)
+    class3d_offset_step: float = Field(default=1, gt=0)
+    inimodel_nr_classes: int = Field(default=4, ge=1, le=INT_MAX)
+    inimodel_ctf_ign1stpeak: bool = False
+    inimodel_solvent_flatten: bool = True
+    inimodel_angle_step: Sampling = "15 degrees"
+    inimodel_offset_range: float = Field(default=6, ge=0)
+    inimodel_offset_step: float = Field(default=2, gt=0)
+    inimodel_nr_iter_initial: int = Field(default=50, ge=0, le=INT_MAX)
+    inimodel_nr_iter_inbetween: int = Field(default=200, ge=0, le=INT_MAX)
+    inimodel_nr_iter_final: int = Field(default=50, ge=0, le=INT_MAX)
+    inimodel_freq_writeout: int = Field(default=10, ge=1, le=INT_MAX)
+    inimodel_resol_ini: float = Field(default=35, gt=0)
+    inimodel_resol_final: float = Field(default=15, gt=0)
+    inimodel_batchsize_ini: int = Field(default=100, ge=1, le=INT_MAX)
+    inimodel_batchsize_final: int = Field(default=500, ge=1, le=INT_MAX)
+    inimodel_sigmafudge_halflife: float = -1
     # --- Not applicable here (NOT_APPLICABLE): accepted and stored, never passed on.
     acquisition_software: str | None = Field(default=None, max_length=80)
 

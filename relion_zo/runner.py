@@ -34,8 +34,8 @@ from relion_zo.manager import JobManager, Outcome
 from relion_zo.movies import MovieChecker
 from relion_zo.paths import open_append
 from relion_zo.relion_it import options as options_mod
-from relion_zo.relion_it.calculate import with_calculated
 from relion_zo.relion_it import pipeliner as pl
+from relion_zo.relion_it.calculate import with_calculated
 from relion_zo.relion_it.driver import (
     DriverResult,
     DriverSettings,
@@ -45,7 +45,13 @@ from relion_zo.relion_it.driver import (
     run_driver,
     write_error_reason,
 )
-from relion_zo.relion_it.stages import check_capabilities, stages
+from relion_zo.relion_it.stages import (
+    BatchPlan,
+    check_capabilities,
+    classifies,
+    picks,
+    stages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +129,9 @@ def prepare_project(
     project.create_project(folder, [spec.visit_directory, *config.data_roots],
                            spec.processing_job_id, resume=resume)
     note(f"project {folder}")
+    if params.autopick_do_cryolo and picks(params):
+        # PATo's form ticks crYOLO; a site naming one is refused in check_capabilities
+        note("autopick_do_cryolo: no crYOLO is configured at this site; picking with LoG")
     project.link_movies(folder, spec.image_directory)
     gain = ""
     if params.motioncor_gainreference:
@@ -159,6 +168,7 @@ def prepare_project(
         movie_checker=MovieChecker([spec.visit_directory]),
         movie_wait_seconds=config.movie_wait_seconds,
         stall_seconds=config.stall_seconds,
+        batches=BatchPlan(params) if classifies(params) else None,
     )
     return folder, settings
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from runs import Background, job_status, site_config
 
 from relion_zo.relion_it import options as options_mod
@@ -121,14 +122,30 @@ def test_no_second_scheduler_beside_a_live_one(processing_engine, engine, tmp_pa
         theirs.wait()
 
 
-# relion_it 3.1's rules for its first three jobs (scripts/relion_it.py 1547-1634, recorded in
-# tests/relion_it_3_1.py), as data: (label, value from its options ``o``).
+# relion_it 3.1's rules for its jobs (scripts/relion_it.py 1547-2069, recorded in
+# tests/relion_it_3_1.py), as data: (label, value from its options ``o``), by the name relion_it
+# records each job under. ``jobs`` maps those names to the jobs added so far.
 def _yes(value) -> str:
     return "Yes" if value else "No"
 
 
+BATCH_FILE = "Select/job006/particles_split1.star"
+BATCH_SIZE = 150
+REFERENCE = "InitialModel/job009/run_it012_class001.mrc"
+
+
+def _refine(o) -> list:
+    return [("Which GPUs to use:", o["refine_gpu"]), ("Number of MPI procs:", o["refine_mpi"]),
+            ("Number of threads:", o["refine_threads"]),
+            ("Copy particles to scratch directory:", o["refine_scratch_disk"])]
+
+
+def _fast(o) -> str:
+    return _yes(BATCH_SIZE > o["refine_batchsize_for_fast_subsets"])
+
+
 RELION_IT_JOBS = {
-    "Import": lambda o, jobs: [
+    "import_job": lambda o, jobs: [
         ("Raw input files:", o["import_images"]),
         ("Import raw movies/micrographs?", "Yes"),
         ("Pixel size (Angstrom):", o["angpix"]),
@@ -137,8 +154,8 @@ RELION_IT_JOBS = {
         ("Amplitude contrast:", o["ampl_contrast"]),
         ("Are these multi-frame movies?", _yes(o["images_are_movies"])),
     ],
-    "MotionCorr": lambda o, jobs: [
-        ("Input movies STAR file:", jobs["Import"] + "movies.star"),
+    "motioncorr_job": lambda o, jobs: [
+        ("Input movies STAR file:", jobs["import_job"] + "movies.star"),
         ("MOTIONCOR2 executable:", o["motioncor_exe"]),
         ("Defect file:", o["motioncor_defectfile"]),
         ("Gain-reference image:", o["motioncor_gainreference"]),
@@ -159,7 +176,7 @@ RELION_IT_JOBS = {
         ("Use RELION's own implementation?", _yes(o["motioncor_do_own"])),
     ] + ([("Save sum of power spectra?", _yes(o["use_ctffind_instead"]))]
          if o["motioncor_do_own"] else []),
-    "CtfFind": lambda o, jobs: [
+    "ctffind_job": lambda o, jobs: [
         ("Amount of astigmatism (A):", o["ctffind_astigmatism"]),
         ("FFT box size (pix):", o["ctffind_boxsize"]),
         ("Maximum defocus value (A):", o["ctffind_defocus_max"]),
@@ -171,11 +188,128 @@ RELION_IT_JOBS = {
         ("Which GPUs to use:", o["gctf_gpu"]),
         ("CTFFIND-4.1 executable:", o["ctffind4_exe"]),
         ("Number of MPI procs:", o["ctffind_mpi"]),
-        ("Input micrographs STAR file:", jobs["MotionCorr"] + "corrected_micrographs.star"),
+        ("Input micrographs STAR file:", jobs["motioncorr_job"] + "corrected_micrographs.star"),
         ("Use CTFFIND-4.1?", _yes(o["use_ctffind_instead"])),
         ("Use Gctf instead?", _yes(not o["use_ctffind_instead"])),
         ("Use power spectra from MotionCorr job?", _yes(o["use_ctffind_instead"])),
         ("Estimate phase shifts?", _yes(o["ctffind_do_phaseshift"])),
+    ],
+    "autopick_job": lambda o, jobs: [
+        ("Input micrographs for autopick:", jobs["ctffind_job"] + "micrographs_ctf.star"),
+        ("Min. diameter for LoG filter (A)", o["autopick_LoG_diam_min"]),
+        ("Max. diameter for LoG filter (A)", o["autopick_LoG_diam_max"]),
+        ("Maximum resolution to consider (A)", o["autopick_lowpass"]),
+        ("Adjust default threshold (stddev):", o["autopick_LoG_adjust_threshold"]),
+        ("Upper threshold (stddev):", o["autopick_LoG_upper_threshold"]),
+        ("2D references:", o["autopick_2dreferences"]),
+        ("3D reference:", o["autopick_3dreference"]),
+        ("Symmetry:", o["autopick_3dref_symmetry"]),
+        ("Pixel size in references (A)", o["autopick_ref_angpix"]),
+        ("3D angular sampling:", o["autopick_3dref_sampling"]),
+        ("In-plane angular sampling (deg)", o["autopick_inplane_sampling"]),
+        ("Picking threshold:", o["autopick_refs_threshold"]),
+        ("Minimum inter-particle distance (A):", o["autopick_refs_min_distance"]),
+        ("Mask diameter (A)", o["autopick_refs_mask_diam"]),
+        ("Maximum stddev noise:", o["autopick_stddev_noise"]),
+        ("Minimum avg noise:", o["autopick_avg_noise"]),
+        ("Shrink factor:", o["autopick_shrink_factor"]),
+        ("Which GPUs to use:", o["autopick_gpu"]),
+        ("Additional arguments:", o["autopick_other_args"]),
+        ("Number of MPI procs:", o["autopick_mpi"]),
+        ("OR: provide a 3D reference?", _yes(o["autopick_3dreference"] != "")),
+        ("OR: use Laplacian-of-Gaussian?", _yes(o["autopick_do_LoG"])),
+        ("Are References CTF corrected?", _yes(o["autopick_refs_are_ctf_corrected"])),
+        ("References have inverted contrast?", _yes(o["autopick_refs_have_inverted_contrast"])),
+        ("Ignore CTFs until first peak?", _yes(o["autopick_refs_ignore_ctf1stpeak"])),
+        ("Use GPU acceleration?", _yes(o["autopick_do_gpu"] and not o["autopick_do_LoG"])),
+    ],
+    "extract_job": lambda o, jobs: [
+        ("Input coordinates: ", jobs["autopick_job"] + "coords_suffix_autopick.star"),
+        ("micrograph STAR file: ", jobs["ctffind_job"] + "micrographs_ctf.star"),
+        ("Diameter background circle (pix): ", o["extract_bg_diameter"]),
+        ("Particle box size (pix):", o["extract_boxsize"]),
+        ("Number of MPI procs:", o["extract_mpi"]),
+    ] + ([("Rescale particles?", "Yes"), ("Re-scaled size (pixels): ", o["extract_small_boxsize"])]
+         if o["extract_downscale"] else []),
+    "split_job": lambda o, jobs: [
+        ("OR select from particles.star:", jobs["extract_job"] + "particles.star"),
+        ("OR: split into subsets?", "Yes"),
+        ("OR: number of subsets: ", -1),
+        ("Subset size: ", o["batch_size"]),
+    ],
+    "discard_job": lambda o, jobs: [
+        ("OR select from particles.star:", BATCH_FILE),
+        ("OR: select on image statistics?", "Yes"),
+        ("Sigma-value for discarding images:", o["discard_sigma"]),
+        ("Metadata label for images:", "rlnImageName"),
+    ],
+    "class2d_job_batch_001": lambda o, jobs: [
+        ("Input images STAR file:", BATCH_FILE),
+        ("Number of classes:", o["class2d_nr_classes"]),
+        ("Mask diameter (A):", o["mask_diameter"]),
+        ("Number of iterations:", o["class2d_nr_iter"]),
+        ("Angular search range - psi (deg):", o["class2d_angle_step"]),
+        ("Offset search range (pix):", o["class2d_offset_range"]),
+        ("Offset search step (pix):", o["class2d_offset_step"]),
+        ("Number of pooled particles:", o["refine_nr_pool"]),
+        *_refine(o),
+        ("Additional arguments:", o["class2d_other_args"]),
+        ("Use fast subsets (for large data sets)?", _fast(o)),
+        ("Use GPU acceleration?", _yes(o["refine_do_gpu"])),
+        ("Ignore CTFs until first peak?", _yes(o["class2d_ctf_ign1stpeak"])),
+        ("Pre-read all particles into RAM?", _yes(o["refine_preread_images"])),
+    ],
+    "inimodel": lambda o, jobs: [
+        ("Input images STAR file:", BATCH_FILE),
+        ("Symmetry:", o["symmetry"]),
+        ("Mask diameter (A):", o["mask_diameter"]),
+        ("Number of classes:", o["inimodel_nr_classes"]),
+        ("Initial angular sampling:", o["inimodel_angle_step"]),
+        ("Offset search range (pix):", o["inimodel_offset_range"]),
+        ("Offset search step (pix):", o["inimodel_offset_step"]),
+        ("Number of initial iterations:", o["inimodel_nr_iter_initial"]),
+        ("Number of in-between iterations:", o["inimodel_nr_iter_inbetween"]),
+        ("Number of final iterations:", o["inimodel_nr_iter_final"]),
+        ("Write-out frequency (iter):", o["inimodel_freq_writeout"]),
+        ("Initial resolution (A):", o["inimodel_resol_ini"]),
+        ("Final resolution (A):", o["inimodel_resol_final"]),
+        ("Initial mini-batch size:", o["inimodel_batchsize_ini"]),
+        ("Final mini-batch size:", o["inimodel_batchsize_final"]),
+        ("Increased noise variance half-life:", o["inimodel_sigmafudge_halflife"]),
+        ("Number of pooled particles:", 1),
+        *_refine(o),
+        ("Additional arguments:", o["inimodel_other_args"]),
+        ("Flatten and enforce non-negative solvent?", _yes(o["inimodel_solvent_flatten"])),
+        ("Skip padding?", _yes(o["refine_skip_padding"])),
+        ("Use GPU acceleration?", _yes(o["refine_do_gpu"])),
+        ("Ignore CTFs until first peak?", _yes(o["inimodel_ctf_ign1stpeak"])),
+        ("Pre-read all particles into RAM?", _yes(o["refine_preread_images"])),
+    ],
+    # after InitialModel (1986-1988): the reference is its best class, on absolute greyscale
+    # and CTF-corrected
+    "class3d_job_batch_001": lambda o, jobs: [
+        ("Input images STAR file:", BATCH_FILE),
+        ("Reference map:", REFERENCE),
+        ("Initial low-pass filter (A):", o["class3d_ini_lowpass"]),
+        ("Symmetry:", o["symmetry"]),
+        ("Regularisation parameter T:", o["class3d_T_value"]),
+        ("Reference mask (optional):", o["class3d_reference_mask"]),
+        ("Number of classes:", o["class3d_nr_classes"]),
+        ("Mask diameter (A):", o["mask_diameter"]),
+        ("Number of iterations:", o["class3d_nr_iter"]),
+        ("Angular sampling interval:", o["class3d_angle_step"]),
+        ("Offset search range (pix):", o["class3d_offset_range"]),
+        ("Offset search step (pix):", o["class3d_offset_step"]),
+        ("Number of pooled particles:", o["refine_nr_pool"]),
+        *_refine(o),
+        ("Additional arguments:", o["class3d_other_args"]),
+        ("Use fast subsets (for large data sets)?", _fast(o)),
+        ("Ref. map is on absolute greyscale?", "Yes"),
+        ("Has reference been CTF-corrected?", "Yes"),
+        ("Skip padding?", _yes(o["refine_skip_padding"])),
+        ("Use GPU acceleration?", _yes(o["refine_do_gpu"])),
+        ("Ignore CTFs until first peak?", _yes(o["class3d_ctf_ign1stpeak"])),
+        ("Pre-read all particles into RAM?", _yes(o["refine_preread_images"])),
     ],
 }
 # Where relion_zo's project still differs from relion_it's for these options: nowhere.
@@ -190,23 +324,38 @@ def _job_star(path) -> dict[str, str]:
     return values
 
 
-def test_the_job_star_files_are_relion_its_for_the_same_options(tmp_path):
-    """relion_zo's Import, MotionCorr and CtfFind jobs, and the ones relion_it 3.1 adds from
-    relion_zo's own relion_it_options.py, added by RELION's relion_pipeliner in two projects:
-    the same job.star values, label by label."""
+@pytest.mark.parametrize("what", ["preprocessing", "picking and classification"])
+def test_the_job_star_files_are_relion_its_for_the_same_options(tmp_path, what):
+    """relion_zo's jobs, and the ones relion_it 3.1 adds from relion_zo's own
+    relion_it_options.py, added by RELION's relion_pipeliner in two projects: the same
+    job.star values, label by label. Every first-pass job relion_it adds is compared, the
+    batch jobs with a discard step too."""
     from conftest import GOOD_PARAMS
     from relion_it_3_1 import OPTIONS
 
     from relion_zo import parameters
     from relion_zo.config import Executables, SiteConfig
-    from relion_zo.relion_it.stages import JobRef, stages
+    from relion_zo.relion_it.calculate import with_calculated
+    from relion_zo.relion_it.stages import BatchPlan, JobRef, stages
 
     site = SiteConfig(data_roots=[tmp_path], visit_directory=str(tmp_path) + "/{visit}",
                       executables=Executables(ctffind="/opt/ctffind/bin/ctffind"))
-    params = parameters.parse({**GOOD_PARAMS, "stop_after_motion_correction": "false",
-                               "stop_after_ctf_estimation": "true"})
+    given = {**GOOD_PARAMS, "stop_after_motion_correction": "false",
+             "stop_after_ctf_estimation": "true"}
+    if what != "preprocessing":  # PATo's keys, a few set-up values changed, a discard step
+        given.update({"stop_after_ctf_estimation": "false", "do_second_pass": "false",
+                      "autopick_LoG_diam_min": "90", "autopick_LoG_diam_max": "120",
+                      "extract_downscale": "1", "batch_size": str(BATCH_SIZE),
+                      "do_discard_on_image_statistics": "true", "refine_do_gpu": "0",
+                      "refine_mpi": "2", "refine_threads": "1", "class2d_nr_classes": "4",
+                      "inimodel_nr_iter_initial": "3", "autopick_lowpass": "15"})
+    params = with_calculated(parameters.parse(given))
     glob, gain = "Movies/GridSquare_*/Data/*.tiff", "gain.mrc"
     ours = stages(params, site, glob, gain)
+    if what != "preprocessing":
+        plan = BatchPlan(params)
+        ours += [plan.discard(BATCH_FILE), plan.class2d(1, BATCH_FILE, BATCH_SIZE),
+                 plan.inimodel(BATCH_FILE), plan.class3d(1, BATCH_FILE, BATCH_SIZE, REFERENCE)]
     overrides = {"import_images": glob, "motioncor_gainreference": gain,
                  "motioncor_defectfile": "", "motioncor_exe": "",
                  "ctffind4_exe": site.executables.ctffind, "images_are_movies": True}
@@ -220,18 +369,23 @@ def test_the_job_star_files_are_relion_its_for_the_same_options(tmp_path):
         folder.mkdir()
         pl.ensure_pipeline(folder)
     for stage in ours:
-        mine = [(label, value.resolve({s.name_in_script: added["relion_zo"][s.job_type]
-                                       for s in ours if s.job_type in added["relion_zo"]})
-                 if isinstance(value, JobRef) else value) for label, value in stage.options]
-        added["relion_zo"][stage.job_type] = pl.add_job("relion_pipeliner", ours_dir,
-                                                        stage.job_type, mine, env)
-        theirs = RELION_IT_JOBS[stage.job_type](relion_it, added["relion_it"])
-        added["relion_it"][stage.job_type] = pl.add_job("relion_pipeliner", theirs_dir,
-                                                        stage.job_type, theirs, env)
+        name = stage.name_in_script
+        mine = [(label, value.resolve(added["relion_zo"]) if isinstance(value, JobRef)
+                 else value) for label, value in stage.options]
+        added["relion_zo"][name] = pl.add_job("relion_pipeliner", ours_dir, stage.job_type,
+                                              mine, env)
+        theirs = RELION_IT_JOBS[name](relion_it, added["relion_it"])
+        added["relion_it"][name] = pl.add_job("relion_pipeliner", theirs_dir, stage.job_type,
+                                              theirs, env)
     assert added["relion_it"] == added["relion_zo"]
+    assert list(added["relion_zo"]) == (
+        ["import_job", "motioncorr_job", "ctffind_job"] if what == "preprocessing" else
+        ["import_job", "motioncorr_job", "ctffind_job", "autopick_job", "extract_job",
+         "split_job", "discard_job", "class2d_job_batch_001", "inimodel",
+         "class3d_job_batch_001"])
     differences = set()
-    for job_type, job in added["relion_zo"].items():
+    for name, job in added["relion_zo"].items():
         a, b = _job_star(theirs_dir / job / "job.star"), _job_star(ours_dir / job / "job.star")
         assert a.keys() == b.keys()
-        differences |= {(job_type, key, a[key], b[key]) for key in a if a[key] != b[key]}
+        differences |= {(name, key, a[key], b[key]) for key in a if a[key] != b[key]}
     assert {(job, key) for job, key, *_ in differences} == KNOWN_DIFFERENCES, differences

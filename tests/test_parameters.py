@@ -122,28 +122,59 @@ PATO_DEFAULT = dict(pato_rows(RAW, ".tiff", GAIN, stop_after_ctf=False))
 PATO_STOP_AFTER_CTF = dict(pato_rows(RAW, ".tiff", GAIN, stop_after_ctf=True))
 PATO_SUFFIX_WITHOUT_DOT = dict(pato_rows(RAW, "tiff", GAIN, stop_after_ctf=True))
 STAGE_MESSAGE = (
-    "parameter stop_after_ctf_estimation: relion_zo runs Import, MotionCorr and CtfFind; this job "
-    "asks for AutoPick (particle picking), which relion_zo does not run yet: set "
-    "stop_after_ctf_estimation=true"
+    "parameter do_second_pass: relion_zo runs relion_it's first pass (LoG picking through "
+    "Class3D) and not yet its second pass: set do_second_pass=false"
 )
 
 
 @pytest.mark.parametrize("job", [SYNCHWEB_DEFAULT, SYNCHWEB_EER_SECOND_PASS, PATO_DEFAULT],
                          ids=["synchweb", "synchweb-eer-second-pass", "pato"])
-def test_a_web_ui_default_job_parses_and_is_refused_naming_autopick(job):
+def test_a_web_ui_default_job_runs_once_the_site_turns_the_second_pass_off(job):
+    """Neither UI writes do_second_pass, and relion_it's default is true: the job is refused
+    naming it, and runs where the site's relion_it_defaults set it false."""
     typed = p.parse(job)
     assert typed.stop_after_ctf_estimation is False and typed.extract_boxsize == 204
     assert p.explicit_items(typed) == [(k, job[k]) for k in p.FIELDS if k in job]
     with pytest.raises(p.ParameterError) as info:
         stages.check_stages(typed)
-    assert info.value.key == "stop_after_ctf_estimation"
+    assert info.value.key == "do_second_pass"
     assert str(info.value) == STAGE_MESSAGE
+    on_site = p.parse(job, {"do_second_pass": False})
+    stages.check_stages(on_site)
+    assert stages.classifies(on_site) and on_site.autopick_do_LoG
+    assert p.explicit_items(on_site) == p.explicit_items(typed)  # the default is not stored
+
+
+def test_picking_with_references_is_refused_naming_the_key():
+    typed = p.parse({**PATO_DEFAULT, "autopick_do_LoG": "0"}, {"do_second_pass": False})
+    with pytest.raises(p.ParameterError, match="^parameter autopick_do_LoG: picking with "):
+        stages.check_stages(typed)
+
+
+def test_a_job_without_3d_classification_may_keep_the_second_pass_default():
+    # relion_it moves on to pass 2 only from pass 1's Class3D
+    stages.check_stages(p.parse({**PATO_DEFAULT, "do_class3d": "0"}))
+
+
+@pytest.mark.parametrize("cryolo", [None, "/opt/cryolo/bin/cryolo_predict.py"])
+def test_cryolo_is_picked_with_log_only_where_the_site_names_no_cryolo(cryolo):
+    """PATo's form ticks crYOLO: picked with LoG where no crYOLO is named (the run log says
+    so); a site that names one expects crYOLO, which relion_zo cannot run yet: refused."""
+    site = SimpleNamespace(executables=SimpleNamespace(
+        relion_pipeliner="relion_pipeliner", motioncor2="", ctffind="/bin/sh", cryolo=cryolo))
+    typed = p.parse(PATO_DEFAULT, {"do_second_pass": False})
+    assert typed.autopick_do_cryolo
+    if cryolo is None:
+        stages.check_capabilities(typed, site)
+    else:
+        with pytest.raises(p.InputError, match="^parameter autopick_do_cryolo: this site names"):
+            stages.check_capabilities(typed, site)
 
 
 def test_the_stage_check_comes_first_and_is_an_input_error():
     site = SimpleNamespace(executables=SimpleNamespace(
         relion_pipeliner="/nonexistent/relion_pipeliner", motioncor2="", ctffind=""))
-    with pytest.raises(p.InputError, match="AutoPick"):
+    with pytest.raises(p.InputError, match="do_second_pass"):
         stages.check_capabilities(p.parse(PATO_DEFAULT), site)
 
 
@@ -280,6 +311,10 @@ def test_sizes_a_job_leaves_out_are_calculated_as_relion_it_does():
     assert given.mask_diameter == 250  # a given value wins
     assert calculate.extract_boxsize(150, 1.0) == 180 and calculate.extract_boxsize(151, 1) == 182
     assert calculate.extract_small_boxsize(40, 1.0) == 40  # never above the box
+    # no downscaling, no small box: a box too large to downscale is no reason to refuse
+    whole = calculate.with_calculated(p.parse({**PATO_DEFAULT, "extract_downscale": "0",
+                                               "extract_boxsize": "4000", "angpix": "3"}))
+    assert whole.extract_boxsize == 4000 and whole.extract_small_boxsize == 64
     with pytest.raises(p.ParameterError, match="too large"):
         calculate.extract_small_boxsize(4000, 3.0)
 

@@ -142,9 +142,9 @@ def _bad_cases(visit, site):
         "ctffind missing": (dict(params={**p, "stop_after_motion_correction": "false",
                                          "stop_after_ctf_estimation": "true"}),
                             InputError, "ctffind is not available"),
-        "later stages asked for": (dict(params={**p, "stop_after_ctf_estimation": "false",
-                                                "stop_after_motion_correction": "false"}),
-                                   InputError, "stop_after_ctf_estimation"),
+        "second pass asked for": (dict(params={**p, "stop_after_ctf_estimation": "false",
+                                               "stop_after_motion_correction": "false"}),
+                                  InputError, "do_second_pass"),
         "motioncor2 missing": (dict(params={**p, "motioncor_do_own": "false"}), InputError,
                                "MotionCor2 is not available"),
         "missing folder": (dict(image_directory=str(visit.directory / "nope")), InputError,
@@ -170,7 +170,7 @@ def _bad_cases(visit, site):
 
 CASES = [
     "unknown key", "repeated key", "wrong type", "voltage range", "pixel size range",
-    "dose range", "missing gain", "gain not mrc", "gain unreadable", "missing defect file", "ctffind missing", "later stages asked for",
+    "dose range", "missing gain", "gain not mrc", "gain unreadable", "missing defect file", "ctffind missing", "second pass asked for",
     "motioncor2 missing", "missing folder", "empty folder",
     "template matches nothing", "template not a movie", "template climbs out", "relative folder",
     "dotdot folder", "outside data roots", "symlink escape", "another visit's folder",

@@ -53,7 +53,7 @@ def with_calculated(params: RelionItParameters) -> RelionItParameters:
     if "extract_boxsize" not in given:
         box = update["extract_boxsize"] = extract_boxsize(params.autopick_LoG_diam_max,
                                                           params.angpix)
-    if "extract_small_boxsize" not in given:
+    if "extract_small_boxsize" not in given and params.extract_downscale:
         update["extract_small_boxsize"] = extract_small_boxsize(box, params.angpix)
     if not update:
         return params

@@ -39,8 +39,9 @@ from pathlib import Path
 
 from relion_zo.movies import MovieChecker, matching
 from relion_zo.paths import open_append, unsafe_reason
+from relion_zo.relion_it import batches as bt
 from relion_zo.relion_it import pipeliner as pl
-from relion_zo.relion_it.stages import JobRef, Stage
+from relion_zo.relion_it.stages import BatchPlan, JobRef, Stage
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ NEARLY_FULL_FRACTION = 0.05
 class Progress:
     movies_on_disk: int = 0
     passes: int = 0
-    counts: dict[str, int] = field(default_factory=dict)  # stage label -> items done
+    counts: dict[str, int] = field(default_factory=dict)  # stage label -> movies done
+    particles: int | None = None  # picked so far (AutoPick's summary.star)
+    # Batch jobs: label -> what is done or running, e.g. "Class2D": "batch 1 of 2"
+    batches: dict[str, str] = field(default_factory=dict)
     relion_seconds: float = 0.0  # wall time spent in RELION's own commands (pipeliner runs)
 
     def text(self) -> str:
@@ -67,8 +71,12 @@ class Progress:
             return f"setting up, {self.movies_on_disk} movies on disk"
         parts = []
         for label, count in self.counts.items():
-            parts.append(f"{label} {count}" if label == "Import" else
-                         f"{label} {count}/{self.counts.get('Import', 0)}")
+            part = (f"{label} {count}" if label == "Import" else
+                    f"{label} {count}/{self.counts.get('Import', 0)}")
+            if label == "AutoPick" and self.particles is not None:
+                part += f" ({self.particles:,} particles)"
+            parts.append(part)
+        parts += [f"{label} {text}" for label, text in self.batches.items()]
         return ", ".join(parts)
 
 
@@ -100,6 +108,9 @@ class DriverSettings:
     # A pass whose job folders change in no way for this long fails, naming the job it waits
     # for (a hung program); None: never.
     stall_seconds: float | None = 1800.0
+    # relion_it's batch loop (Class2D per batch, InitialModel, Class3D) after each pass;
+    # None: preprocessing only.
+    batches: BatchPlan | None = None
 
 
 class _Stopped(Exception):
@@ -434,6 +445,8 @@ class _Run:
         self.last_tick = float("-inf")
         self.waiting_since: dict[str, float] = {}  # incomplete movie -> when first seen
         self.imported_checked = 0  # rows of Import's movies.star already checked
+        self.previous_batch1_size: int | None = None  # relion_it's, read on the first look
+        self.reference: str | None = None  # the Class3D reference, once InitialModel made it
 
     # -- checks that run all the time
     def check_stop(self, pass_jobs: list[str] | None = None) -> None:
@@ -461,31 +474,42 @@ class _Run:
         counts = {}
         for stage in self.s.stages:
             job = self.jobs.get(stage.name_in_script)
-            if job:
+            if job and stage.counts:
                 path = self.s.project / job / stage.output_star
                 counts[stage.label] = pl.star_count(path, stage.output_block)
+                if stage.counts == "picked":
+                    self.progress.particles = sum(
+                        int(n) for n in pl.star_column(path, stage.output_block,
+                                                       "_rlnGroupNrParticles") if n.isdigit())
         self.progress.counts = counts
 
     # -- set-up
     def add_jobs(self) -> None:
-        submitted = pl.read_submitted(self.s.project)
-        known = set(pl.process_names(self.s.project))
         for stage in self.s.stages:
-            job = submitted.get(stage.name_in_script)
-            if job and job in known:
+            self.ensure_job(stage)
+
+    def ensure_job(self, stage: Stage) -> bool:
+        """The project's job for ``stage``: the one ``RELION_IT_SUBMITTED_JOBS`` names if the
+        pipeline still has it, else a new one (recorded there). True when it was added now."""
+        submitted = pl.read_submitted(self.s.project)
+        job = submitted.get(stage.name_in_script)
+        added = not (job and job in set(pl.process_names(self.s.project)))
+        if not added:
+            if self.jobs.get(stage.name_in_script) != job:  # said once per run, not per pass
                 self.note(f"reusing {job} for {stage.name_in_script}")
-            else:
-                options = [
-                    (label, value.resolve(self.jobs) if isinstance(value, JobRef) else value)
-                    for label, value in stage.options
-                ]
-                started = time.monotonic()
-                job = pl.add_job(self.s.pipeliner, self.s.project, stage.job_type, options,
-                                 self.env())
-                self.progress.relion_seconds += time.monotonic() - started
-                pl.record_submitted(self.s.project, stage.name_in_script, job)
-                self.note(f"added {job} for {stage.name_in_script}")
-            self.jobs[stage.name_in_script] = job
+        else:
+            options = [
+                (label, value.resolve(self.jobs) if isinstance(value, JobRef) else value)
+                for label, value in stage.options
+            ]
+            started = time.monotonic()
+            job = pl.add_job(self.s.pipeliner, self.s.project, stage.job_type, options,
+                             self.env(), alias=stage.alias)
+            self.progress.relion_seconds += time.monotonic() - started
+            pl.record_submitted(self.s.project, stage.name_in_script, job)
+            self.note(f"added {job} for {stage.name_in_script}")
+        self.jobs[stage.name_in_script] = job
+        return added
 
     def env(self) -> dict[str, str]:
         env = dict(self.s.env if self.s.env is not None else os.environ)
@@ -533,13 +557,20 @@ class _Run:
 
     # -- one scheduler pass
     def run_pass(self) -> None:
+        """One pass of the preprocessing jobs over every movie on disk."""
+        self.run_jobs(SCHEDULE, [self.jobs[st.name_in_script] for st in self.s.stages],
+                      movies=True)
+
+    def run_jobs(self, schedule: str, names: list[str], *, movies: bool = False) -> None:
+        """One ``relion_pipeliner --schedule`` run over ``names`` (the jobs of a preprocessing
+        pass when ``movies``), watched until it ends; raises when it fails or is stopped."""
         project = self.s.project
         pl.clear_stale_lock(project)
-        names = [self.jobs[st.name_in_script] for st in self.s.stages]
         for job in names:  # fresh exit files tell this pass's outcome apart from the last one's
             pl.clear_exit_files(project, job)
-        argv = pl.schedule_argv(self.s.pipeliner, SCHEDULE, names)
-        self.progress.passes += 1
+        argv = pl.schedule_argv(self.s.pipeliner, schedule, names)
+        if movies:
+            self.progress.passes += 1
         started = time.monotonic()
         with open_append(project / "relion_zo_pipeliner.log", "pipeliner log", "ab") as out:
             proc = subprocess.Popen(argv, cwd=project, env=self.env(), stdin=subprocess.DEVNULL,
@@ -552,7 +583,7 @@ class _Run:
             while proc.poll() is None:
                 self.check_stop(names)
                 self.tick()
-                if pl.exit_state(project, names[0]) == "success":
+                if movies and pl.exit_state(project, names[0]) == "success":
                     self.check_imported_names()
                 others = [pid for pid in group_members(pgid) if pid != proc.pid]
                 if others:
@@ -588,7 +619,8 @@ class _Run:
         # The pipeliner removes its RUNNING_PIPELINER_PREPROCESS after a pass; relion_it's
         # (repeating) pipeliner keeps it while it schedules: so does this run.
         open_append(project / RUNNING_SCHEDULE, RUNNING_SCHEDULE).close()
-        self.check_imported_names()
+        if movies:
+            self.check_imported_names()
         for job in names:
             state = pl.exit_state(project, job)
             if state in ("failure", "aborted"):
@@ -597,6 +629,71 @@ class _Run:
             what = f"relion_pipeliner exited with status {proc.returncode}"
             full = no_space_reason(project)
             raise _Failed(f"{what}: {full}" if full else what)
+
+    # -- relion_it's batch loop (relion_it.py 1775-2115, first pass)
+    def classify(self) -> None:
+        """Run every batch job relion_it's rules make due now, one pipeliner run each, in
+        relion_it's order. relion_it runs this loop beside its preprocessing pipeliner; here
+        it runs after each preprocessing pass, so the two never compete for the cores."""
+        plan = self.s.batches
+        split = self.jobs.get("split_job")
+        if plan is None or split is None:
+            return
+        p, project = plan.params, self.s.project
+        if self.previous_batch1_size is None:  # a restart carries on from batch 1's size
+            first = bt.batch_file(project, split, 1)
+            recorded = "class2d_job_batch_001" in pl.read_submitted(project)
+            self.previous_batch1_size = (bt.batch_size(project, first)
+                                         if recorded and first else 0)
+        total = bt.batch_count(project, split)
+        for number in range(1, total + 1):
+            name = bt.batch_file(project, split, number)
+            if name is None:
+                continue
+            size = bt.batch_size(project, name)
+            rerun = (number == 1 and size > self.previous_batch1_size
+                     and size > p.minimum_batch_size)
+            if rerun:
+                self.previous_batch1_size = size
+            particles = name
+            where = f"batch {number} of {total}"
+            if rerun or size == p.batch_size:
+                if p.do_discard_on_image_statistics:
+                    job = self.batch_job(plan.discard(name), "DISCARD", where, rerun)
+                    particles = f"{job}particles.star"
+                if p.do_class2d:
+                    self.batch_job(plan.class2d(number, particles, size), "CLASS2D", where,
+                                   rerun)
+            if not p.do_class3d:
+                continue
+            if self.reference is None and number == 1 and size == p.batch_size:
+                job = self.batch_job(plan.inimodel(particles), "INIMODEL", where, False)
+                self.reference = self.best_map(job, "InitialModel")
+            if self.reference is not None:
+                job = self.batch_job(plan.class3d(number, particles, size, self.reference),
+                                     "CLASS3D", where, rerun)
+                self.best_map(job, "Class3D")
+
+    def batch_job(self, stage: Stage, schedule: str, where: str, rerun: bool) -> str:
+        """Add ``stage``'s job unless the project has it; run it when new, when relion_it
+        re-runs batch 1, or when an earlier run was stopped before it ended."""
+        added = self.ensure_job(stage)
+        job = self.jobs[stage.name_in_script]
+        if added or rerun or pl.exit_state(self.s.project, job) != "success":
+            self.progress.batches[stage.label] = f"{where} running"
+            self.tick(force=True)
+            self.run_jobs(schedule, [job])
+            self.note(f"{stage.label} {where}: {job} done")
+        self.progress.batches[stage.label] = where
+        return job
+
+    def best_map(self, job: str, label: str) -> str:
+        """The map of the best class of a finished InitialModel or Class3D job."""
+        model = bt.output_model_star(self.s.project, job)
+        best = bt.best_class(self.s.project, model) if model else None
+        if best is None:
+            raise _Failed(f"{label} {job} ended without the model and maps it should make")
+        return best.map
 
     def job_failure(self, job: str, what: str, *, with_error: bool = True) -> str:
         """Why ``job`` failed: ``<job> <what>: <RELION's error>``; on a (nearly) full disk
@@ -658,6 +755,7 @@ class _Run:
                 before = dict(self.progress.counts)
                 self.run_pass()
                 self.tick(force=True)
+                self.classify()
                 seen = self.progress.movies_on_disk
                 if seen > last_seen:
                     last_seen, since_new = seen, time.monotonic()

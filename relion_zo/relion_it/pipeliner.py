@@ -151,6 +151,20 @@ def star_column(path: Path, block: str, label: str) -> list[str]:
     return [row[index] for row in _loop_rows(text, block) if len(row) > index]
 
 
+def star_value(path: Path, block: str, label: str) -> str | None:
+    """A ``_label value`` pair of a block that is not a loop (``data_model_general``)."""
+    try:
+        text = path.read_text(errors="surrogateescape")
+    except FileNotFoundError:
+        return None
+    match = re.search(rf"^data_{re.escape(block)}\s*$", text, re.M)
+    if not match:
+        return None
+    body = text[match.end():].split("\ndata_", 1)[0]
+    found = re.search(rf"^\s*{re.escape(label)}\s+(\S+)", body, re.M)
+    return found.group(1) if found else None
+
+
 def process_names(project: Path) -> list[str]:
     """Job names in ``default_pipeline.star``, in order."""
     star = project / PIPELINE_STAR

@@ -31,9 +31,20 @@ class Stage:
     output_star: str  # file in the job folder that lists what it produced
     output_block: str  # STAR block whose rows count the items
     options: tuple[tuple[str, object], ...]
+    alias: str | None = None  # relion_it's --setJobAlias, if it gives one
+    # What its rows count: "movies" (one per movie, compared with Import's count to tell
+    # whether every movie went through it), "picked" (one per movie, and the particles picked
+    # in each, _rlnGroupNrParticles), or "" (not counted).
+    counts: str = "movies"
 
 
+SUBMIT_TO_QUEUE = ("motioncor_submit_to_queue", "ctffind_submit_to_queue",
+                   "autopick_submit_to_queue", "extract_submit_to_queue",
+                   "discard_submit_to_queue", "refine_submit_to_queue")
 GCTF_GPU = "0"  # relion_it's gctf_gpu: unused with CTFFIND, but in its job.star
+# relion_it 3.1's inimodel_other_args default (628), blanks and all: InitialModel's only
+# additional argument (a job cannot give free-form arguments)
+INIMODEL_ARGS = " --sgd_skip_anneal "
 
 
 def power_spectra(p: RelionItParameters) -> bool:
@@ -52,24 +63,40 @@ def _executable(value: str | None) -> str | None:
     return found if found and os.access(found, os.X_OK) else None
 
 
-def check_stages(params: RelionItParameters) -> None:
-    """Refuse a job that asks for a stage relion_zo does not run yet, naming the first one.
+def picks(p: RelionItParameters) -> bool:
+    """relion_it 3.1 goes on to pick particles unless it stops after CTF estimation (relion_zo's
+    stop after motion correction stops earlier still)."""
+    return not (p.stop_after_ctf_estimation or p.stop_after_motion_correction)
 
-    Such a job parses (a web UI's default asks for the whole pipeline), so its stored rows stay
-    readable; this is the one check that refuses it, before anything is written or run."""
-    if not (params.stop_after_ctf_estimation or params.stop_after_motion_correction):
+
+def classifies(p: RelionItParameters) -> bool:
+    """Batches and 2D/3D classification in relion_it's first pass (1742, 1775)."""
+    return picks(p) and (p.do_class2d or p.do_class3d)
+
+
+def check_stages(params: RelionItParameters) -> None:
+    """Refuse a job that asks for a stage relion_zo does not run yet, naming it.
+
+    Such a job parses (its stored rows stay readable); this is the one check that refuses it,
+    before anything is written or run."""
+    p = params
+    if not picks(p):
+        return
+    if not p.autopick_do_LoG:
         raise ParameterError(
-            "stop_after_ctf_estimation",
-            # relion_it 3.1's run_pipeline picks particles next, whatever the other keys say
-            "relion_zo runs Import, MotionCorr and CtfFind; this job asks for AutoPick (particle "
-            "picking), which relion_zo does not run yet: set stop_after_ctf_estimation=true",
-        )
+            "autopick_do_LoG", "picking with references needs reference files, which a job "
+            "cannot name yet: set autopick_do_LoG=true (Laplacian-of-Gaussian picking)")
+    if p.do_class3d and p.do_second_pass:
+        # relion_it 3.1 moves on to a second pass once pass 1's Class3D is good enough (2084)
+        raise ParameterError(
+            "do_second_pass", "relion_zo runs relion_it's first pass (LoG picking through "
+            "Class3D) and not yet its second pass: set do_second_pass=false")
 
 
 def check_capabilities(params: RelionItParameters, config: SiteConfig) -> None:
     """Refuse, before anything is written or run, what this site or relion_zo cannot do."""
     check_stages(params)
-    for key in ("motioncor_submit_to_queue", "ctffind_submit_to_queue"):
+    for key in SUBMIT_TO_QUEUE:
         if getattr(params, key):
             raise InputError(f"parameter {key}: queue submission is not configured at this site")
     if not _executable(config.executables.relion_pipeliner):
@@ -93,6 +120,11 @@ def check_capabilities(params: RelionItParameters, config: SiteConfig) -> None:
             "installed, relion-zo-ctffind-aspire: docs/ctffind-standin.md), or set "
             "stop_after_motion_correction=true to stop after motion correction"
         )
+    if picks(params) and params.autopick_do_cryolo and config.executables.cryolo:
+        # the site expects crYOLO; LoG (the fallback where no crYOLO is named) would not be it
+        raise InputError(
+            "parameter autopick_do_cryolo: this site names crYOLO (executables.cryolo), which "
+            "relion_zo cannot run yet; set autopick_do_cryolo=false to pick with LoG")
     if not shutil.which("csh"):
         raise InputError("RELION's CTFFIND wrapper needs csh, which is not installed here")
 
@@ -183,4 +215,191 @@ def stages(
                 ),
             )
         )
+    if picks(p):
+        result += picking_stages(p)
     return result
+
+
+def picking_stages(p: RelionItParameters) -> list[Stage]:
+    """AutoPick (LoG), Extract and, when classifying, the Select job that splits the particles
+    into batches: relion_it's first-pass jobs after CtfFind (1641-1760)."""
+    autopick = Stage(
+        # summary.star (RELION 3.1's AutoPick writes it after each run): a row per movie
+        "autopick_job", "AutoPick", "AutoPick", "summary.star", "",
+        (
+            ("Input micrographs for autopick:", JobRef("ctffind_job", "micrographs_ctf.star")),
+            ("Min. diameter for LoG filter (A)", p.autopick_LoG_diam_min),
+            ("Max. diameter for LoG filter (A)", p.autopick_LoG_diam_max),
+            ("Maximum resolution to consider (A)", p.autopick_lowpass),
+            ("Adjust default threshold (stddev):", p.autopick_LoG_adjust_threshold),
+            ("Upper threshold (stddev):", p.autopick_LoG_upper_threshold),
+            ("2D references:", ""),
+            ("3D reference:", ""),
+            ("Symmetry:", p.autopick_3dref_symmetry),
+            ("Pixel size in references (A)", p.autopick_ref_angpix),
+            ("3D angular sampling:", p.autopick_3dref_sampling),
+            ("In-plane angular sampling (deg)", p.autopick_inplane_sampling),
+            ("Picking threshold:", p.autopick_refs_threshold),
+            ("Minimum inter-particle distance (A):", p.autopick_refs_min_distance),
+            ("Mask diameter (A)", p.autopick_refs_mask_diam),
+            ("Maximum stddev noise:", p.autopick_stddev_noise),
+            ("Minimum avg noise:", p.autopick_avg_noise),
+            ("Shrink factor:", p.autopick_shrink_factor),
+            ("Which GPUs to use:", p.autopick_gpu),
+            ("Additional arguments:", ""),
+            ("Number of MPI procs:", p.autopick_mpi),
+            ("OR: provide a 3D reference?", False),
+            ("OR: use Laplacian-of-Gaussian?", True),
+            ("Are References CTF corrected?", p.autopick_refs_are_ctf_corrected),
+            ("References have inverted contrast?", p.autopick_refs_have_inverted_contrast),
+            ("Ignore CTFs until first peak?", p.autopick_refs_ignore_ctf1stpeak),
+            ("Use GPU acceleration?", False),  # relion_it: only for reference-based picking
+        ),
+        alias="pass 1", counts="picked",
+    )
+    extract = [
+        ("Input coordinates: ", JobRef("autopick_job", "coords_suffix_autopick.star")),
+        ("micrograph STAR file: ", JobRef("ctffind_job", "micrographs_ctf.star")),
+        ("Diameter background circle (pix): ", p.extract_bg_diameter),
+        ("Particle box size (pix):", p.extract_boxsize),
+        ("Number of MPI procs:", p.extract_mpi),
+    ]
+    if p.extract_downscale:
+        extract += [("Rescale particles?", True),
+                    ("Re-scaled size (pixels): ", p.extract_small_boxsize)]
+    result = [
+        autopick,
+        Stage("extract_job", "Extract", "Extract", "particles.star", "particles",
+              tuple(extract), alias="pass 1", counts=""),
+    ]
+    if classifies(p):
+        result.append(Stage(
+            "split_job", "Select", "Select", "", "",
+            (
+                ("OR select from particles.star:", JobRef("extract_job", "particles.star")),
+                ("OR: split into subsets?", True),
+                ("OR: number of subsets: ", -1),
+                ("Subset size: ", p.batch_size),
+            ),
+            alias=f"into {p.batch_size}", counts="",
+        ))
+    return result
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """relion_it 3.1's first-pass batch jobs (1775-2115): per batch of extracted particles an
+    optional discard Select job, Class2D, and with ``do_class3d`` an InitialModel (once, on
+    batch 1 when it is full) and Class3D. The options are relion_it's, label for label."""
+
+    params: RelionItParameters
+
+    def _refine(self) -> list[tuple[str, object]]:
+        p = self.params
+        return [
+            ("Which GPUs to use:", p.refine_gpu),
+            ("Number of MPI procs:", p.refine_mpi),
+            ("Number of threads:", p.refine_threads),
+            ("Copy particles to scratch directory:", ""),
+            ("Use GPU acceleration?", p.refine_do_gpu),
+            ("Pre-read all particles into RAM?", p.refine_preread_images),
+            ("Submit to queue?", False),
+        ]
+
+    def discard(self, batch_file: str) -> Stage:
+        return Stage(
+            "discard_job", "Select", "Discard", "particles.star", "particles",
+            (
+                ("OR select from particles.star:", batch_file),
+                ("OR: select on image statistics?", True),
+                ("Sigma-value for discarding images:", self.params.discard_sigma),
+                ("Metadata label for images:", "rlnImageName"),
+            ),
+            counts="",
+        )
+
+    def class2d(self, batch: int, particles: str, batch_size: int) -> Stage:
+        p = self.params
+        return Stage(
+            f"class2d_job_batch_{batch:03d}", "Class2D", "Class2D", "", "",
+            (
+                ("Input images STAR file:", particles),
+                ("Number of classes:", p.class2d_nr_classes),
+                ("Mask diameter (A):", p.mask_diameter),
+                ("Number of iterations:", p.class2d_nr_iter),
+                ("Angular search range - psi (deg):", p.class2d_angle_step),
+                ("Offset search range (pix):", p.class2d_offset_range),
+                ("Offset search step (pix):", p.class2d_offset_step),
+                ("Number of pooled particles:", p.refine_nr_pool),
+                ("Additional arguments:", ""),
+                ("Use fast subsets (for large data sets)?",
+                 batch_size > p.refine_batchsize_for_fast_subsets),
+                ("Ignore CTFs until first peak?", p.class2d_ctf_ign1stpeak),
+                *self._refine(),
+            ),
+            alias=f"pass1_batch_{batch:03d}", counts="",
+        )
+
+    def inimodel(self, particles: str) -> Stage:
+        p = self.params
+        return Stage(
+            "inimodel", "InitialModel", "InitialModel", "", "",
+            (
+                ("Input images STAR file:", particles),
+                ("Symmetry:", p.symmetry),
+                ("Mask diameter (A):", p.mask_diameter),
+                ("Number of classes:", p.inimodel_nr_classes),
+                ("Initial angular sampling:", p.inimodel_angle_step),
+                ("Offset search range (pix):", p.inimodel_offset_range),
+                ("Offset search step (pix):", p.inimodel_offset_step),
+                ("Number of initial iterations:", p.inimodel_nr_iter_initial),
+                ("Number of in-between iterations:", p.inimodel_nr_iter_inbetween),
+                ("Number of final iterations:", p.inimodel_nr_iter_final),
+                ("Write-out frequency (iter):", p.inimodel_freq_writeout),
+                ("Initial resolution (A):", p.inimodel_resol_ini),
+                ("Final resolution (A):", p.inimodel_resol_final),
+                ("Initial mini-batch size:", p.inimodel_batchsize_ini),
+                ("Final mini-batch size:", p.inimodel_batchsize_final),
+                ("Increased noise variance half-life:", p.inimodel_sigmafudge_halflife),
+                ("Number of pooled particles:", 1),
+                # relion_it's default " --sgd_skip_anneal " (inimodel_other_args); free-form
+                # arguments are not taken from a job, so relion_it's default is what runs
+                ("Additional arguments:", INIMODEL_ARGS),
+                ("Flatten and enforce non-negative solvent?", p.inimodel_solvent_flatten),
+                ("Skip padding?", p.refine_skip_padding),
+                ("Ignore CTFs until first peak?", p.inimodel_ctf_ign1stpeak),
+                *self._refine(),
+            ),
+            counts="",
+        )
+
+    def class3d(self, batch: int, particles: str, batch_size: int, reference: str) -> Stage:
+        p = self.params
+        return Stage(
+            f"class3d_job_batch_{batch:03d}", "Class3D", "Class3D", "", "",
+            (
+                ("Input images STAR file:", particles),
+                ("Reference map:", reference),
+                ("Initial low-pass filter (A):", p.class3d_ini_lowpass),
+                ("Symmetry:", p.symmetry),
+                ("Regularisation parameter T:", p.class3d_T_value),
+                ("Reference mask (optional):", ""),
+                ("Number of classes:", p.class3d_nr_classes),
+                ("Mask diameter (A):", p.mask_diameter),
+                ("Number of iterations:", p.class3d_nr_iter),
+                ("Angular sampling interval:", p.class3d_angle_step),
+                ("Offset search range (pix):", p.class3d_offset_range),
+                ("Offset search step (pix):", p.class3d_offset_step),
+                ("Number of pooled particles:", p.refine_nr_pool),
+                ("Additional arguments:", ""),
+                ("Use fast subsets (for large data sets)?",
+                 batch_size > p.refine_batchsize_for_fast_subsets),
+                # relion_it sets both once InitialModel made the reference (1986-1988)
+                ("Ref. map is on absolute greyscale?", True),
+                ("Has reference been CTF-corrected?", True),
+                ("Skip padding?", p.refine_skip_padding),
+                ("Ignore CTFs until first peak?", p.class3d_ctf_ign1stpeak),
+                *self._refine(),
+            ),
+            alias=f"pass1_batch_{batch:03d}", counts="",
+        )

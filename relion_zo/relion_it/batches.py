@@ -1,0 +1,73 @@
+"""Reading what relion_it 3.1's batch loop reads: the split job's batch files and the model
+STAR files of InitialModel and Class3D (``find_split_job_output``, ``findOutputModelStar`` and
+``findBestClass`` in its ``relion_it.py``). Plain functions over files; no RELION process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from relion_zo.relion_it import pipeliner as pl
+
+SPLIT_PREFIX = "particles_split"
+SPLIT_MAX_DIGITS = 6  # relion_it tries the batch number zero-padded to widths 0..5
+
+
+def batch_file(project: Path, split_job: str, number: int) -> str | None:
+    """Batch ``number``'s file (project-relative), as relion_it finds it: the number padded
+    with zeros to widths 0 to 5 (RELION writes ``particles_split001.star``)."""
+    for width in range(SPLIT_MAX_DIGITS):
+        name = f"{split_job}{SPLIT_PREFIX}{str(number).rjust(width, '0')}.star"
+        if (project / name).is_file():
+            return name
+    return None
+
+
+def batch_count(project: Path, split_job: str) -> int:
+    """How many batch files the split job has written (relion_it counts them with a glob)."""
+    folder = project / split_job
+    if not folder.is_dir():
+        return 0
+    return sum(1 for path in folder.glob(f"{SPLIT_PREFIX}*.star"))
+
+
+def batch_size(project: Path, name: str) -> int:
+    """Particles in a batch file (rows of its ``particles`` block)."""
+    return pl.star_count(project / name, "particles")
+
+
+def output_model_star(project: Path, job: str) -> str | None:
+    """The ``*_model.star`` among a job's output nodes (its ``job_pipeline.star``), or None
+    while the job has made none."""
+    for node in pl.star_column(project / job / "job_pipeline.star", "pipeline_output_edges",
+                               "_rlnPipeLineEdgeToNode"):
+        if node.endswith("_model.star"):
+            return node
+    return None
+
+
+@dataclass(frozen=True)
+class BestClass:
+    map: str  # the class's map, project-relative (rlnReferenceImage)
+    resolution: float  # Å (rlnEstimatedResolution)
+    distribution: float  # fraction of particles (rlnClassDistribution)
+    angpix: float  # the model's pixel size (rlnPixelSize)
+
+
+def best_class(project: Path, model_star: str) -> BestClass | None:
+    """relion_it's best class (``use_resol=True``): the lowest estimated resolution; of equal
+    ones, the larger class. None when the file has no classes."""
+    path = project / model_star
+    maps = pl.star_column(path, "model_classes", "_rlnReferenceImage")
+    resolutions = pl.star_column(path, "model_classes", "_rlnEstimatedResolution")
+    distributions = pl.star_column(path, "model_classes", "_rlnClassDistribution")
+    angpix = pl.star_value(path, "model_general", "_rlnPixelSize")
+    if not maps or len(maps) != len(resolutions) or len(maps) != len(distributions):
+        return None
+    best: BestClass | None = None
+    for name, res, dist in zip(maps, resolutions, distributions, strict=True):
+        candidate = BestClass(name, float(res), float(dist), float(angpix or "nan"))
+        if best is None or (candidate.resolution, -candidate.distribution) < (
+                best.resolution, -best.distribution):
+            best = candidate
+    return best
