@@ -421,12 +421,14 @@ def synchweb_status(engine, pjid: int) -> str:
     return ui_status(engine, pjid, SYNCHWEB_STATES)
 
 
-def acquired(engine, live, *, suffix: str, template: str, grid: bool) -> tuple[int, str]:
+def acquired(engine, live, *, suffix: str, template: str, grid: bool,
+             movies: int = 2) -> tuple[int, str]:
     """A data collection as the microscope's acquisition writes it (administrator), and its
-    raw folder: movies in ``GridSquare_1/Data`` (EPU's layout) or directly in it."""
+    raw folder: ``movies`` synthetic movies in ``GridSquare_1/Data`` (EPU's layout), or those
+    already directly in it."""
     folder = live.raw / "GridSquare_1" / "Data" if grid else live.raw
-    if grid:
-        synthetic.write_movies(folder, 2, **live.movie)
+    if grid and movies:
+        synthetic.write_movies(folder, movies, **live.movie)
     with Session(engine) as db, db.begin():
         group = db.execute(insert(DataCollectionGroup).values(
             sessionId=live.session_id, experimentType="EM")).inserted_primary_key[0]
@@ -495,8 +497,11 @@ def _error_notes(engine, pjid: int) -> list[str]:
                    AutoProcProgramMessage.severity == "ERROR")).scalars())
 
 
-def test_patos_default_job_fails_naming_the_stage_relion_zo_does_not_run(
+def test_patos_default_job_fails_naming_the_second_pass_where_the_site_keeps_it(
         engine, web_engine, stack_settings, ui_site, live_visits):
+    """Neither UI writes do_second_pass and relion_it's default is true: on a site whose
+    relion_it_defaults leave it so, the job fails naming the key (tests/test_pipeline.py runs
+    the same job to success on a site that turns it off)."""
     live = live_visits(ui_site)
     dcid, raw = acquired(engine, live, suffix="mrc", template="GridSquare_1/Data/*.mrc",
                          grid=True)
@@ -506,8 +511,8 @@ def test_patos_default_job_fails_naming_the_stage_relion_zo_does_not_run(
     publish_like_pato(stack_settings, {"parameters": {"ispyb_process": pjid}})
     state = wait_final(engine, ui_site, pjid)
     assert state.state == "failure" and pato_status(engine, pjid) == "Fail"
-    assert "AutoPick" in state.message and "stop_after_ctf_estimation" in state.message
-    assert any("AutoPick" in note for note in _error_notes(engine, pjid))
+    assert "do_second_pass" in state.message and "second pass" in state.message
+    assert any("do_second_pass" in note for note in _error_notes(engine, pjid))
 
 
 def test_patos_stop_after_ctf_job_runs_to_success(engine, web_engine, stack_settings, services,
@@ -557,8 +562,8 @@ def test_a_pato_shaped_job_runs_to_success_within_the_stages_relion_zo_runs(
     assert stored == rows + [("stop_after_motion_correction", "1")]
 
 
-def test_synchwebs_default_job_fails_naming_the_stage(engine, web_engine, stack_settings,
-                                                      ui_site, live_visits):
+def test_synchwebs_default_job_fails_naming_the_second_pass(engine, web_engine, stack_settings,
+                                                            ui_site, live_visits):
     live = live_visits(ui_site)
     dcid, raw = acquired(engine, live, suffix=".mrc", template="*.mrc", grid=False)
     pjid = write_ui_job(web_engine, dcid, "Submitted via SynchWeb",
@@ -566,7 +571,7 @@ def test_synchwebs_default_job_fails_naming_the_stage(engine, web_engine, stack_
     publish_like_pato(stack_settings, {"parameters": {"ispyb_process": pjid}})
     state = wait_final(engine, ui_site, pjid)
     assert state.state == "failure" and synchweb_status(engine, pjid) == "failure"
-    assert "AutoPick" in state.message
+    assert "do_second_pass" in state.message
 
 
 def test_synchwebs_stop_message_stops_a_running_job(engine, web_engine, stack_settings,

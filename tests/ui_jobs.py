@@ -7,18 +7,20 @@ from __future__ import annotations
 
 
 def pato_rows(image_directory: str, image_suffix: str, gain: str, *,
-              stop_after_ctf: bool) -> list[tuple[str, str]]:
+              stop_after_ctf: bool, angpix: str = "1.06", dose: str = "1.2",
+              diameters: tuple[str, str] = ("150", "180"),
+              boxsize: str = "204") -> list[tuple[str, str]]:
     """pato-backend ``src/pato/models/reprocessing.py`` and pato-frontend's form (which ticks
-    crYOLO). "Calculate for me" drops ``mask_diameter``; stopping after CTF leaves out every
-    picking and classification key."""
+    crYOLO). "Calculate for me" drops ``mask_diameter`` (the form works out the box:
+    ``boxsize``); stopping after CTF leaves out every picking and classification key."""
     rows = [("voltage", "300"), ("Cs", "2.7"), ("ctffind_do_phaseshift", "0"),
-            ("angpix", "1.06"), ("motioncor_binning", "1"), ("motioncor_doseperframe", "1.2"),
+            ("angpix", angpix), ("motioncor_binning", "1"), ("motioncor_doseperframe", dose),
             ("stop_after_ctf_estimation", "1" if stop_after_ctf else "0")]
     if not stop_after_ctf:
         rows += [("autopick_do_cryolo", "1"), ("do_class3d", "1"), ("do_class2d", "1"),
-                 ("extract_boxsize", "204"), ("use_fsc_criterion", "0"),
-                 ("autopick_LoG_diam_min", "150"), ("autopick_LoG_diam_max", "180"),
-                 ("extract_downscale", "1")]
+                 ("extract_boxsize", boxsize), ("use_fsc_criterion", "0"),
+                 ("autopick_LoG_diam_min", diameters[0]),
+                 ("autopick_LoG_diam_max", diameters[1]), ("extract_downscale", "1")]
     return rows + [("motioncor_gainreference", gain), (
         "import_images", f"{image_directory}/GridSquare*/Data/*{image_suffix}")]
 

@@ -1,11 +1,15 @@
-"""A demo visit: ISPyB rows, a raw folder of synthetic movies, a gain reference, a site file."""
+"""A demo visit: ISPyB rows, a raw folder of synthetic particle movies, a gain reference, a
+site file. The job runs relion_it's whole first pass (docs/running.md says how long each stage
+takes on two cores); the settings below are what make it fit a demo, each said why."""
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import mrcfile
 import yaml
 from ispyb.sqlalchemy import (
     AutoProcProgram,
@@ -23,23 +27,63 @@ from ispyb.sqlalchemy import (
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from relion_zo.devstack import synthetic
+from relion_zo.devstack import particles, synthetic
 from relion_zo.visits import parse_visit_name
 
 DEMO_VISIT = "cm00001-1"
 RAW_SUBFOLDER = "raw"
 FILE_TEMPLATE = "GridSquare_*/Data/*.mrc"
 GAIN_NAME = "gain.mrc"
+# What a user would type for these movies (devstack.particles: 2 Å pixels, a particle about
+# 110 Å across, 5 e/Å² per frame), as PATo's form would send it: mask and boxes are left to
+# relion_it's "calculate for me", and the classification settings to the site.
 DEMO_PARAMETERS = {
-    "angpix": 1.0,
+    "angpix": 2.0,
     "voltage": 300,
     "Cs": 2.7,
-    "motioncor_doseperframe": 1.0,
+    "motioncor_doseperframe": 5.0,
     "motioncor_gainreference": GAIN_NAME,
+    "autopick_LoG_diam_min": 90,
+    "autopick_LoG_diam_max": 120,
+    "extract_downscale": True,
+}
+# The demo site's relion_it_defaults, for what a job leaves out.
+# - What fits a 2-core machine without a GPU: relion_it's defaults ask for 4 MPI x 6 threads,
+#   8 MPI for CTFFIND, and GPUs for classification.
+# - No second pass, which relion_zo does not run yet.
+# - Classification sized for the data: about 115 particles a movie, so batches of 300 (with
+#   4 movies batch 1 is full, batch 2 is not), 4 classes, few iterations, an InitialModel cut
+#   to 12 iterations of 30-60 particles, and 30-degree sampling for InitialModel and Class3D
+#   (relion_it's 300 iterations of 100-500 particles, and Class3D at 7.5 degrees, take hours on
+#   two cores; docs/performance.md has the figures).
+DEMO_SITE_DEFAULTS = {
+    "motioncor_mpi": 1,
+    "motioncor_threads": 2,
     "motioncor_patches_x": 1,
     "motioncor_patches_y": 1,
-    "stop_after_motion_correction": True,
+    "ctffind_mpi": 1,
+    "refine_do_gpu": False,
+    # one relion_refine of 2 threads: with 2 MPI processes the leader only waits (on a core)
+    "refine_mpi": 1,
+    "refine_threads": 2,
+    "do_second_pass": False,
+    "batch_size": 300,
+    "minimum_batch_size": 100,
+    "class2d_nr_classes": 4,
+    "class2d_nr_iter": 8,
+    "inimodel_nr_classes": 1,
+    "inimodel_nr_iter_initial": 3,
+    "inimodel_nr_iter_inbetween": 6,
+    "inimodel_nr_iter_final": 3,
+    "inimodel_angle_step": "30 degrees",
+    "inimodel_resol_final": 25,
+    "inimodel_batchsize_ini": 30,
+    "inimodel_batchsize_final": 60,
+    "class3d_nr_classes": 2,
+    "class3d_nr_iter": 5,
+    "class3d_angle_step": "30 degrees",
 }
+CTFFIND_STANDIN = "relion-zo-ctffind-aspire"  # docs/ctffind-standin.md
 
 
 @dataclass(frozen=True)
@@ -137,13 +181,20 @@ def write_site_config(path: Path, data_root: Path, credentials: Path, zocalo: Pa
         "ispyb_credentials": str(credentials),
         "ispyb_web_credentials": str(web_credentials) if web_credentials else None,
         "zocalo_config": str(zocalo) if zocalo else None,
-        "executables": {"relion_pipeliner": "relion_pipeliner", "ctffind": None},
-        # a 2-core machine: one MPI process (relion_it's own defaults are 4 x 6 threads)
-        "relion_it_defaults": {"motioncor_mpi": 1, "motioncor_threads": 2, "ctffind_mpi": 1},
+        # CTFFIND cannot be installed here: ASPIRE's estimator speaks its protocol
+        "executables": {"relion_pipeliner": "relion_pipeliner",
+                        "ctffind": shutil.which(CTFFIND_STANDIN) or CTFFIND_STANDIN},
+        "relion_it_defaults": DEMO_SITE_DEFAULTS,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def _particle_movie(path: Path) -> bool:
+    """Whether a movie (or gain) is the size of this demo's (an older demo wrote smaller)."""
+    with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+        return int(mrc.header.nx) == particles.MOVIE_SIZE
 
 
 def make_demo(
@@ -155,8 +206,6 @@ def make_demo(
     web_credentials: Path | None = None,
     visit: str = DEMO_VISIT,
     movies: int = 4,
-    size: int = 512,
-    frames: int = 8,
 ) -> DemoVisit:
     """Seed the visit and write its files under ``root``. Safe to run again."""
     root = root.resolve()
@@ -170,12 +219,16 @@ def make_demo(
     image_dir = visit_dir / RAW_SUBFOLDER
     grid = image_dir / "GridSquare_1" / "Data"
     existing = sorted(grid.glob("*.mrc"))
+    if any(not _particle_movie(path) for path in existing):  # an older demo's movies
+        for path in existing:
+            path.unlink()
+        existing = []
     if len(existing) < movies:
-        synthetic.write_movies(grid, movies - len(existing), start=len(existing) + 1,
-                               size=size, frames=frames)
+        particles.write_particle_movies(grid, movies - len(existing), start=len(existing) + 1,
+                                        seed=len(existing) + 1)
     gain = visit_dir / "processing" / GAIN_NAME
-    if not gain.exists():
-        synthetic.write_gain(gain, size=size)
+    if not gain.exists() or not _particle_movie(gain):
+        synthetic.write_gain(gain, size=particles.MOVIE_SIZE)
     config_path = write_site_config(root / "relion_zo.yaml", data_root, credentials, zocalo,
                                     web_credentials)
     parameters_path = root / "parameters.yaml"

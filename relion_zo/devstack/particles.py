@@ -105,6 +105,7 @@ BLOBS: tuple[Blob, ...] = _centred(
 )
 # Projections are divided by this, the line integral through the centre of the largest blob, so
 # that ``contrast`` is the peak phase contrast of one blob alone.
+MOVIE_SIZE = 1024  # pixels: RELION's 512-pixel power spectra need movies larger than that
 _NORM = max(b.weight * b.sigma for b in BLOBS) * math.sqrt(2 * math.pi)
 
 
@@ -404,7 +405,7 @@ def write_particle_movies(
     count: int,
     *,
     seed: int = 0,
-    size: int = 1024,
+    size: int = MOVIE_SIZE,
     angpix: float = 2.0,
     frames: int = 8,
     particles_per_movie: int = 100,

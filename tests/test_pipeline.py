@@ -1,0 +1,156 @@
+"""relion_it 3.1's whole first pass, with RELION's own programs, through ISPyB and RabbitMQ.
+
+PATo's default job (its rows exactly, written by SQL with the web user; its message, no recipe)
+on synthetic particle movies: Import, MotionCorr, CtfFind (the ASPIRE stand-in), LoG AutoPick,
+Extract, the split into batches, Class2D, InitialModel and Class3D with 2 MPI processes. It is
+stopped while Class2D runs and again while InitialModel runs, carried on each time with
+``relion-zo resume``, and ends in success: finished jobs reused, none added twice, nothing of
+RELION left behind, and a project RELION's own tools read.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+import mrcfile
+import numpy as np
+from runs import job_status, processes_in, site_config, write_site_file
+from test_ispyb import acquired, pato_status, publish_like_pato, write_ui_job
+from ui_jobs import pato_rows
+
+from relion_zo.devstack import particles
+from relion_zo.devstack.demo import DEMO_SITE_DEFAULTS
+from relion_zo.relion_it import pipeliner as pl
+
+LIMIT = 600  # seconds for a whole run; a guard against a hang, not a speed check
+MOVIES = 3  # about 345 particles: batch 1 (300) full, batch 2 not
+# The demo site's classification settings, with 2 MPI processes for every relion_refine job
+# and an InitialModel smaller still (2 cores; the demo runs 1 process of 2 threads).
+SITE_DEFAULTS = {**DEMO_SITE_DEFAULTS, "refine_mpi": 2, "refine_threads": 1,
+                 "inimodel_nr_iter_initial": 2, "inimodel_nr_iter_inbetween": 4,
+                 "inimodel_nr_iter_final": 2, "inimodel_batchsize_ini": 20,
+                 "inimodel_batchsize_final": 40}
+FIRST_PASS = ["import_job", "motioncorr_job", "ctffind_job", "autopick_job", "extract_job",
+              "split_job", "class2d_job_batch_001", "inimodel", "class3d_job_batch_001",
+              "class3d_job_batch_002"]
+
+
+def _wait_for(engine, site, pjid, text: str, limit: float = LIMIT, *,
+              resuming: bool = False) -> None:
+    """Until the job's message has ``text``; a stopped job may show until a resume claims it."""
+    deadline = time.monotonic() + limit
+    waiting = ("submitted", "queued", "running") + (("stopped",) if resuming else ())
+    while text not in ((state := job_status(engine, site, pjid)).message or ""):
+        assert state.state in waiting, (state.state, state.message)
+        assert time.monotonic() < deadline, f"no {text!r} within {limit} s: {state.message}"
+        time.sleep(0.2)
+
+
+def _resume(site_file, pjid) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "relion_zo.cli.main", "resume", "--config", str(site_file),
+         str(pjid)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _stop(services, pjid) -> None:
+    out = services.capture(["stop", "--local", "--config", str(services.site_file), str(pjid),
+                            "--wait", "30"])
+    assert "stopped" in out
+
+
+def test_patos_default_job_runs_relion_its_first_pass_through_stops(
+        engine, web_engine, stack_settings, services, tmp_path, live_visits):
+    ctffind = shutil.which("relion-zo-ctffind-aspire")
+    assert ctffind, "scripts/install-deps.sh installs relion-zo-ctffind-aspire"
+    site = site_config(tmp_path, stack_settings, idle_seconds=0, executables={
+        "relion_pipeliner": "relion_pipeliner", "ctffind": ctffind},
+        relion_it_defaults=SITE_DEFAULTS)
+    services.site_file = write_site_file(site, tmp_path / "site-pipeline.yaml")
+    services.dispatcher()
+    services.worker()
+    live = live_visits(site, movies=0, size=particles.MOVIE_SIZE)
+    particles.write_particle_movies(live.raw / "GridSquare_1" / "Data", MOVIES, seed=11)
+    dcid, raw = acquired(engine, live, suffix="mrc", template="GridSquare_1/Data/*.mrc",
+                         grid=True, movies=0)
+    # what PATo's form sends for these movies: 2 Å, 5 e/Å², a particle of 90-120 Å, the box
+    # its "calculate for me" works out (72), crYOLO ticked
+    rows = pato_rows(raw, "mrc", str(live.gain), stop_after_ctf=False, angpix="2",
+                     dose="5", diameters=("90", "120"), boxsize="72")
+    pjid = write_ui_job(web_engine, dcid, "Submitted via PATo", rows)
+    publish_like_pato(stack_settings, {"parameters": {"ispyb_process": pjid}})
+    project = live.project(pjid)
+
+    # 1. stopped while Class2D runs (through the worker)
+    _wait_for(engine, site, pjid, "Class2D batch 1 of 2 running")
+    assert "AutoPick 3/3 (" in job_status(engine, site, pjid).message
+    _stop(services, pjid)
+    assert job_status(engine, site, pjid).state == "stopped"
+    assert processes_in(project) == []
+    assert pl.exit_state(project, pl.read_submitted(project)["class2d_job_batch_001"]) is None
+
+    # 2. carried on, and stopped while InitialModel runs
+    resumed = _resume(services.site_file, pjid)
+    try:
+        _wait_for(engine, site, pjid, "InitialModel batch 1 of 2 running", resuming=True)
+        _stop(services, pjid)
+        out, _ = resumed.communicate(timeout=60)
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+    assert resumed.returncode == 0, out
+    assert processes_in(project) == []
+    assert "reusing Import/job001/ for import_job" in (project / "relion_zo_run.log").read_text()
+
+    # 3. carried on to the end
+    resumed = _resume(services.site_file, pjid)
+    out, _ = resumed.communicate(timeout=LIMIT)
+    assert resumed.returncode == 0, out
+    state = job_status(engine, site, pjid)
+    assert state.state == "success", state.message
+    assert pato_status(engine, pjid) == "Success"
+    assert state.message.startswith("Import 3, MotionCorr 3/3, CtfFind 3/3, AutoPick 3/3 (")
+    assert state.message.endswith(
+        "Class2D batch 1 of 2, InitialModel batch 1 of 2, Class3D batch 2 of 2"), state.message
+    assert processes_in(project) == []
+
+    # relion_it's names, each once, each a job of the pipeline, none added twice
+    lines = (project / pl.SUBMITTED_JOBS).read_text().splitlines()
+    assert [line.split(" = ")[0] for line in lines] == FIRST_PASS
+    submitted = pl.read_submitted(project)
+    assert sorted(submitted.values()) == sorted(pl.process_names(project))
+    for job in submitted.values():
+        assert pl.exit_state(project, job) == "success", job
+
+    # 2D class averages, an initial model the size of the particle, 3D classes
+    class2d = submitted["class2d_job_batch_001"]
+    with mrcfile.open(project / class2d / "run_it008_classes.mrcs") as mrc:
+        averages = mrc.data
+    assert averages.shape == (4, 48, 48) and np.isfinite(averages).all()
+    assert averages.std(axis=(1, 2)).max() > 0
+    inimodel = submitted["inimodel"]
+    with mrcfile.open(project / inimodel / "run_it008_class001.mrc") as mrc:
+        volume, angpix = mrc.data.astype(float), float(mrc.voxel_size.x)
+    assert volume.shape == (48, 48, 48)
+    # a blob the size of the known density (noise over the box would give about 80 Å)
+    truth = _radius_of_gyration(particles.density(box=48, angpix=angpix), angpix)
+    assert abs(_radius_of_gyration(volume, angpix) - truth) < 0.4 * truth
+    assert (project / submitted["class3d_job_batch_002"] / "run_it005_model.star").exists()
+
+    # RELION's own tools read the project: the pipeline and every job's options
+    for star, block in [(pl.PIPELINE_STAR, "data_pipeline_processes")] + [
+            (f"{job}job.star", "data_joboptions_values") for job in submitted.values()]:
+        done = subprocess.run(["relion_star_printtable", star, block], check=False, cwd=project,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip(), (star, done.stdout, done.stderr)
+
+
+def _radius_of_gyration(volume: np.ndarray, angpix: float) -> float:
+    """Å, of the map's density above half its maximum, about its centre of mass."""
+    mass = np.where(volume > 0.5 * volume.max(), volume, 0.0)
+    grid = np.indices(volume.shape).reshape(3, -1).T * angpix
+    weights = mass.reshape(-1)
+    centre = (grid * weights[:, None]).sum(axis=0) / weights.sum()
+    return float(np.sqrt((((grid - centre) ** 2).sum(axis=1) * weights).sum() / weights.sum()))
