@@ -1,0 +1,131 @@
+"""Benchmark of relion_it's whole first pass on the demo's data: time per stage, the driver's
+own overhead, and how long a stop takes while Class2D and InitialModel run.
+
+Run by hand (no database or broker needed; RELION and relion-zo-ctffind-aspire must be
+installed):  python bench/bench_pipeline.py [--movies 4]
+
+The demo's movies (``devstack.particles``, 1024x1024 at 2 Å, 8 frames, about 115 particles each)
+and the demo's settings (``devstack.demo``: DEMO_PARAMETERS over DEMO_SITE_DEFAULTS) go through
+``run_driver`` in a temporary folder:
+
+1. one run to the end: each RELION job's time runs from the pipeliner's "Executing" line (to
+   the second) to its ``RELION_JOB_EXIT_SUCCESS``, summed per job type; the driver's own time
+   is the run's wall time minus the time spent in RELION's commands (``--addJob`` and the
+   pipeliner runs, ``Progress.relion_seconds``), and the pipeliner's share is the time of its
+   runs minus the jobs' time (starting jobs, noticing their ends);
+2. a second project on the same movies: the run is stopped (``should_stop`` turns true) 3 s
+   after Class2D starts, then carried on (finished jobs reused) and stopped 3 s after
+   InitialModel starts; the time from ``should_stop`` first turning true to ``run_driver``
+   returning, with nothing left running in the project, is the driver's share of a stop (a
+   Stop pressed in a web UI adds up to a second for the wrapper to see the request in ISPyB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from relion_zo import parameters
+from relion_zo.config import Executables, SiteConfig
+from relion_zo.devstack import particles
+from relion_zo.devstack.demo import CTFFIND_STANDIN, DEMO_PARAMETERS, DEMO_SITE_DEFAULTS
+from relion_zo.relion_it import pipeliner as pl
+from relion_zo.relion_it.calculate import with_calculated
+from relion_zo.relion_it.driver import DriverSettings, processes_in, run_driver
+from relion_zo.relion_it.stages import BatchPlan, check_capabilities, stages
+
+GLOB = "Movies/*.mrc"
+
+
+def settings(project: Path) -> DriverSettings:
+    given = {k: v for k, v in DEMO_PARAMETERS.items() if k != "motioncor_gainreference"}
+    params = with_calculated(parameters.parse(given, DEMO_SITE_DEFAULTS))
+    ctffind = shutil.which(CTFFIND_STANDIN)
+    site = SiteConfig(data_roots=[project.parent], visit_directory=str(project.parent),
+                      executables=Executables(ctffind=ctffind))
+    check_capabilities(params, site)
+    return DriverSettings(project=project, stages=tuple(stages(params, site, GLOB, "")),
+                          movie_glob=GLOB, idle_seconds=0, batches=BatchPlan(params))
+
+
+def job_seconds(project: Path) -> dict[str, float]:
+    """Seconds per job type: from the pipeliner's "Executing <job>" line (its schedule log,
+    ``pipeline_<schedule>.log``, to the second) to the job's exit file."""
+    started: dict[str, float] = {}
+    for log in project.glob("pipeline_*.log"):
+        lines = log.read_text().splitlines()
+        for stamp, line in zip(lines, lines[1:]):  # " + <ctime()>" then " ---- Executing <job>"
+            if line.startswith(" ---- Executing ") and stamp.startswith(" + "):
+                started[line.split("Executing ", 1)[1].strip()] = time.mktime(
+                    time.strptime(stamp[3:].strip(), "%a %b %d %H:%M:%S %Y"))
+    totals: dict[str, float] = defaultdict(float)
+    for job in pl.process_names(project):
+        end = project / job / pl.EXIT_SUCCESS
+        if job in started and end.exists():
+            totals[job.split("/")[0]] += end.stat().st_mtime - started[job]
+    return dict(totals)
+
+
+def stop_during(project: Path, label: str, grace: float = 3.0) -> tuple[str, float, int]:
+    """Run until ``label`` has been running for ``grace`` s, then ask to stop: (outcome,
+    seconds from the request to the return, processes left in the project)."""
+    asked: list[float] = []
+    running_since: list[float] = []
+
+    def on_tick(progress) -> None:
+        if progress.batches.get(label, "").endswith("running") and not running_since:
+            running_since.append(time.monotonic())
+
+    def should_stop() -> bool:
+        if running_since and time.monotonic() - running_since[0] >= grace:
+            if not asked:
+                asked.append(time.monotonic())
+            return True
+        return False
+
+    result = run_driver(replace(settings(project), tick_seconds=0.2),
+                        should_stop=should_stop, on_tick=on_tick, note=lambda m: None)
+    took = time.monotonic() - asked[0] if asked else float("nan")
+    return result.outcome, took, len(processes_in(project))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--movies", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        root = Path(tmp)
+        made = time.monotonic()
+        particles.write_particle_movies(root / "raw", args.movies, seed=1)
+        print(f"{args.movies} movies written in {time.monotonic() - made:.1f} s")
+        project = root / "project"
+        project.mkdir()
+        (project / "Movies").symlink_to(root / "raw")
+        started = time.monotonic()
+        result = run_driver(settings(project), note=lambda m: None)
+        wall = time.monotonic() - started
+        print(f"outcome: {result.outcome}: {result.progress.text()}")
+        jobs = job_seconds(project)
+        relion = result.progress.relion_seconds
+        print(f"wall {wall:.1f} s; in RELION's commands {relion:.1f} s, of which jobs "
+              f"{sum(jobs.values()):.1f} s; outside them (the driver) {wall - relion:.1f} s")
+        for job_type, seconds in jobs.items():
+            print(f"  {job_type:<13} {seconds:6.1f} s")
+
+        # The stops: a second project on the same movies
+        again = root / "again"
+        again.mkdir()
+        (again / "Movies").symlink_to(root / "raw")
+        for label in ("Class2D", "InitialModel"):
+            outcome, took, left = stop_during(again, label)
+            print(f"stop during {label}: {outcome} {took:.2f} s after the request, "
+                  f"{left} processes left")
+
+
+if __name__ == "__main__":
+    main()
