@@ -476,11 +476,12 @@ class _Run:
             job = self.jobs.get(stage.name_in_script)
             if job and stage.counts:
                 path = self.s.project / job / stage.output_star
-                counts[stage.label] = pl.star_count(path, stage.output_block)
-                if stage.counts == "picked":
-                    self.progress.particles = sum(
-                        int(n) for n in pl.star_column(path, stage.output_block,
-                                                       "_rlnGroupNrParticles") if n.isdigit())
+                if stage.counts == "picked":  # one read: a row per movie, its particles
+                    picked = pl.star_column(path, stage.output_block, "_rlnGroupNrParticles")
+                    counts[stage.label] = len(picked)
+                    self.progress.particles = sum(int(n) for n in picked if n.isdigit())
+                else:
+                    counts[stage.label] = pl.star_count(path, stage.output_block)
         self.progress.counts = counts
 
     # -- set-up
