@@ -108,6 +108,14 @@ def test_ending_a_run_spares_the_caller_its_ancestors_and_their_groups():
     assert ran.stdout.splitlines() == ["child alive 0", "parent alive"], ran.stderr
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
 def test_leftovers_are_what_the_run_started_not_whatever_works_in_the_project(tmp_path):
     # A scientist's shell in the project is not RELION's: only marked processes are ended.
     project = tmp_path / "project"
@@ -117,6 +125,11 @@ def test_leftovers_are_what_the_run_started_not_whatever_works_in_the_project(tm
     ours = subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 300"], cwd=project,
                             env=mark, start_new_session=True)
     try:
+        # until the shell has set its trap and become sleep: while it execs, its /proc files
+        # can be unreadable for a moment (a flake seen once in CI)
+        deadline = time.monotonic() + 10
+        while _comm(ours.pid) != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.01)
         (project / pl.RUNNING_RELION_IT).touch()
         assert end_relion_in(project) == 1
         assert ours.wait(timeout=10) == -signal.SIGKILL
