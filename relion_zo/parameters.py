@@ -50,13 +50,10 @@ NOT_APPLICABLE = {
 
 # relion_it 3.1 options relion_zo does not take, each with the reason a refusal names
 # (docs/relion-it-options.md has all 143).
-_LATER = "relion_zo does not run {} yet; leave it out"
 _NOT_TAKEN_GROUPS: dict[str, tuple[str, ...]] = {
-    _LATER.format("the second pass (reference-based picking from pass 1's best 3D class)"): (
-        "minimum_resolution_3dref_2ndpass", "batch_size_pass2", "extract2_downscale",
-        "extract2_small_boxsize"),
-    "references are files a job cannot name yet (relion_zo picks with LoG and makes its own "
-    "3D reference with InitialModel); leave it out": (
+    "references are files a job cannot name (relion_zo picks pass 1 with LoG, makes its 3D "
+    "reference with InitialModel and picks the second pass with pass 1's best 3D class); "
+    "leave it out": (
         "autopick_2dreferences", "autopick_3dreference", "have_3d_reference",
         "class3d_reference", "class3d_ref_is_correct_greyscale", "class3d_ref_is_ctf_corrected",
         "class3d_reference_mask"),
@@ -193,6 +190,9 @@ class RelionItParameters(BaseModel):
     extract_bg_diameter: float = -1
     extract_mpi: int = Field(default=1, ge=1, le=INT_MAX)
     extract_submit_to_queue: bool = False
+    # second pass (extract2_job): box sizes as for pass 1, downscaled to its own small box
+    extract2_downscale: bool = False
+    extract2_small_boxsize: int = Field(default=128, gt=0, le=INT_MAX)
     # --- Batches and classification
     do_class2d: bool = True
     do_class3d: bool = True
@@ -201,6 +201,9 @@ class RelionItParameters(BaseModel):
     do_second_pass: bool = True
     do_class2d_pass2: bool = True
     do_class3d_pass2: bool = False
+    # the second pass starts once pass 1's best 3D class of batch 1 is better than this (Å)
+    minimum_resolution_3dref_2ndpass: float = Field(default=20, gt=0)
+    batch_size_pass2: int = Field(default=100000, ge=1, le=INT_MAX)
     batch_size: int = Field(default=10000, ge=1, le=INT_MAX)
     minimum_batch_size: int = Field(default=10000, ge=0, le=INT_MAX)
     batch_repeat_time: float = Field(default=1, ge=0, description="minutes")

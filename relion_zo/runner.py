@@ -50,6 +50,7 @@ from relion_zo.relion_it.stages import (
     check_capabilities,
     classifies,
     picks,
+    second_pass,
     stages,
 )
 
@@ -169,6 +170,7 @@ def prepare_project(
         movie_wait_seconds=config.movie_wait_seconds,
         stall_seconds=config.stall_seconds,
         batches=BatchPlan(params) if classifies(params) else None,
+        second_pass=second_pass(params),
     )
     return folder, settings
 

@@ -3,6 +3,8 @@ logic over small files written here in RELION 3.1's formats."""
 
 from __future__ import annotations
 
+import pytest
+
 from relion_zo.relion_it import batches as bt
 
 SPLIT = "Select/job006/"
@@ -55,7 +57,7 @@ def test_the_best_class_is_the_best_resolved_then_the_largest(tmp_path):
     job.mkdir(parents=True)
     (job / "run_it005_model.star").write_text(MODEL)
     best = bt.best_class(tmp_path, "Class3D/job009/run_it005_model.star")
-    assert best == bt.BestClass("Class3D/job009/run_it005_class002.mrc", 12.5, 0.5, 3.333333)
+    assert best == bt.BestClass("Class3D/job009/run_it005_class002.mrc", 12.5, 0.5, "3.333333")
 
 
 def test_no_model_means_no_best_class(tmp_path):
@@ -73,3 +75,40 @@ def test_the_model_star_is_the_jobs_output_node(tmp_path):
         "InitialModel/job008/ InitialModel/job008/run_it012_class001.mrc\n\n")
     assert bt.output_model_star(tmp_path, "InitialModel/job008/") == \
         "InitialModel/job008/run_it012_model.star"
+
+
+def _project_with_map(tmp_path):
+    folder = tmp_path / "Class3D" / "job009"
+    folder.mkdir(parents=True)
+    (folder / "run_it005_class002.mrc").write_bytes(b"map")
+    return tmp_path
+
+
+def test_the_second_pass_reference_is_read_back_as_written(tmp_path):
+    project = _project_with_map(tmp_path)
+    assert bt.read_reference(project) is None  # the second pass has not begun
+    reference = bt.Reference("Class3D/job009/run_it005_class002.mrc", "3.333333")
+    (project / bt.SECOND_PASS_FILE).write_text(bt.reference_text(reference))
+    assert bt.read_reference(project) == reference
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("Class3D/job009/run_it005_class002.mrc\n", "two lines"),
+    ("Class3D/job009/missing.mrc\n3.3\n", "does not exist"),
+    ("/etc/passwd\n3.3\n", "inside the project"),
+    ("../outside.mrc\n3.3\n", "inside the project"),
+    ("Class3D/job009/link.mrc\n3.3\n", "inside the project"),
+    ("Class3D/job009/run_it005_class002.mrc;touch x\n3.3\n", "shell"),
+    ("Class3D/job009/run_it005_class002.mrc\n-1\n", "pixel size"),
+    ("Class3D/job009/run_it005_class002.mrc\n3.3 --o /tmp/x\n", "pixel size"),
+    ("Class3D/job009/run_it005_class002.mrc\nnan\n", "pixel size"),
+])
+def test_a_bad_second_pass_reference_is_refused_naming_what_is_wrong(tmp_path, text, says):
+    """The file's map and pixel size go into RELION's commands (run through a shell)."""
+    project = _project_with_map(tmp_path / "project")
+    (tmp_path / "outside.mrc").write_bytes(b"map")
+    (project / "Class3D" / "job009" / "link.mrc").symlink_to(tmp_path / "outside.mrc")
+    (project / bt.SECOND_PASS_FILE).write_text(text)
+    with pytest.raises(ValueError, match=says) as info:
+        bt.read_reference(project)
+    assert str(info.value).startswith(bt.SECOND_PASS_FILE)

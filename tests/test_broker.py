@@ -281,7 +281,8 @@ def test_the_demo_runs_end_to_end_through_the_broker(engine, tmp_path, services,
     visit = new_visit_name()
     try:
         # two movies (about 230 particles, less than a batch of 300): the whole first pass up
-        # to Class2D on batch 1; tests/test_pipeline.py runs InitialModel and Class3D
+        # to Class2D on batch 1; tests/test_pipeline.py runs InitialModel, Class3D and the
+        # second pass
         assert cli(["demo", "--root", str(tmp_path / "demo"), "--visit", visit,
                     "--movies", "2"]) == 0
         out = capsys.readouterr().out

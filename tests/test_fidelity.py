@@ -132,6 +132,9 @@ def _yes(value) -> str:
 BATCH_FILE = "Select/job006/particles_split1.star"
 BATCH_SIZE = 150
 REFERENCE = "InitialModel/job009/run_it012_class001.mrc"
+# the second pass: pass 1's best 3D class, as relion_it takes it from Class3D's model
+BEST_CLASS3D = ("Class3D/job010/run_it005_class002.mrc", "3.000000")
+BATCH2_FILE = "Select/job013/particles_split1.star"
 
 
 def _refine(o) -> list:
@@ -223,8 +226,8 @@ RELION_IT_JOBS = {
         ("Ignore CTFs until first peak?", _yes(o["autopick_refs_ignore_ctf1stpeak"])),
         ("Use GPU acceleration?", _yes(o["autopick_do_gpu"] and not o["autopick_do_LoG"])),
     ],
-    "extract_job": lambda o, jobs: [
-        ("Input coordinates: ", jobs["autopick_job"] + "coords_suffix_autopick.star"),
+    "extract_job": lambda o, jobs, pick="autopick_job": [
+        ("Input coordinates: ", jobs[pick] + "coords_suffix_autopick.star"),
         ("micrograph STAR file: ", jobs["ctffind_job"] + "micrographs_ctf.star"),
         ("Diameter background circle (pix): ", o["extract_bg_diameter"]),
         ("Particle box size (pix):", o["extract_boxsize"]),
@@ -237,14 +240,14 @@ RELION_IT_JOBS = {
         ("OR: number of subsets: ", -1),
         ("Subset size: ", o["batch_size"]),
     ],
-    "discard_job": lambda o, jobs: [
-        ("OR select from particles.star:", BATCH_FILE),
+    "discard_job": lambda o, jobs, batch=BATCH_FILE: [
+        ("OR select from particles.star:", batch),
         ("OR: select on image statistics?", "Yes"),
         ("Sigma-value for discarding images:", o["discard_sigma"]),
         ("Metadata label for images:", "rlnImageName"),
     ],
-    "class2d_job_batch_001": lambda o, jobs: [
-        ("Input images STAR file:", BATCH_FILE),
+    "class2d_job_batch_001": lambda o, jobs, batch=BATCH_FILE: [
+        ("Input images STAR file:", batch),
         ("Number of classes:", o["class2d_nr_classes"]),
         ("Mask diameter (A):", o["mask_diameter"]),
         ("Number of iterations:", o["class2d_nr_iter"]),
@@ -287,9 +290,9 @@ RELION_IT_JOBS = {
     ],
     # after InitialModel (1986-1988): the reference is its best class, on absolute greyscale
     # and CTF-corrected
-    "class3d_job_batch_001": lambda o, jobs: [
-        ("Input images STAR file:", BATCH_FILE),
-        ("Reference map:", REFERENCE),
+    "class3d_job_batch_001": lambda o, jobs, batch=BATCH_FILE: [
+        ("Input images STAR file:", batch),
+        ("Reference map:", o["class3d_reference"]),
         ("Initial low-pass filter (A):", o["class3d_ini_lowpass"]),
         ("Symmetry:", o["symmetry"]),
         ("Regularisation parameter T:", o["class3d_T_value"]),
@@ -312,6 +315,43 @@ RELION_IT_JOBS = {
         ("Pre-read all particles into RAM?", _yes(o["refine_preread_images"])),
     ],
 }
+# The second pass (2084-2096, 1522-1539, 1779-1793): the same rules over options relion_it
+# changes in its run once pass 1's Class3D is good enough (pass2_options below).
+RELION_IT_JOBS.update({
+    "autopick2_job": RELION_IT_JOBS["autopick_job"],
+    "extract2_job": lambda o, jobs: RELION_IT_JOBS["extract_job"](
+        {**o, "extract_downscale": o["extract2_downscale"],
+         "extract_small_boxsize": o["extract2_small_boxsize"]}, jobs, "autopick2_job"),
+    "split2_job": lambda o, jobs: [
+        ("OR select from particles.star:", jobs["extract2_job"] + "particles.star"),
+        ("OR: split into subsets?", "Yes"),
+        ("OR: number of subsets: ", -1),
+        ("Subset size: ", o["batch_size_pass2"]),
+    ],
+    "discard2_job": lambda o, jobs: RELION_IT_JOBS["discard_job"](o, jobs, BATCH2_FILE),
+    "class2d_pass2_job_batch_001": lambda o, jobs: RELION_IT_JOBS["class2d_job_batch_001"](
+        o, jobs, BATCH2_FILE),
+    "class3d2_job_batch_001": lambda o, jobs: RELION_IT_JOBS["class3d_job_batch_001"](
+        o, jobs, BATCH2_FILE),
+})
+
+
+def pass2_options(o: dict) -> dict:
+    """relion_it's options once it moves on to the second pass (2085-2091), and its Class3D
+    reference rescaled to the second pass's particles (1779-1793)."""
+    o = {**o, "autopick_3dreference": BEST_CLASS3D[0], "autopick_ref_angpix": BEST_CLASS3D[1],
+         "autopick_2dreferences": "", "autopick_do_LoG": False,
+         "class3d_reference": BEST_CLASS3D[0], "have_3d_reference": True,
+         "autopick_3dref_symmetry": o["symmetry"]}
+    if o["extract_downscale"] or o["extract2_downscale"]:
+        angpix = o["angpix"] * o["motioncor_binning"]
+        if o["extract2_downscale"]:
+            angpix = angpix * o["extract_boxsize"] / o["extract2_small_boxsize"]
+        if abs(float(angpix) - float(o["autopick_ref_angpix"])) > 0.01:
+            o["class3d_reference"] = o["autopick_3dreference"].replace(".mrc", "_rescaled.mrc")
+    return o
+
+
 # Where relion_zo's project still differs from relion_it's for these options: nowhere.
 KNOWN_DIFFERENCES: set[tuple[str, str]] = set()
 
@@ -324,7 +364,8 @@ def _job_star(path) -> dict[str, str]:
     return values
 
 
-@pytest.mark.parametrize("what", ["preprocessing", "picking and classification"])
+@pytest.mark.parametrize("what", ["preprocessing", "picking and classification",
+                                  "second pass"])
 def test_the_job_star_files_are_relion_its_for_the_same_options(tmp_path, what):
     """relion_zo's jobs, and the ones relion_it 3.1 adds from relion_zo's own
     relion_it_options.py, added by RELION's relion_pipeliner in two projects: the same
@@ -335,33 +376,53 @@ def test_the_job_star_files_are_relion_its_for_the_same_options(tmp_path, what):
 
     from relion_zo import parameters
     from relion_zo.config import Executables, SiteConfig
+    from relion_zo.relion_it.batches import Reference
     from relion_zo.relion_it.calculate import with_calculated
-    from relion_zo.relion_it.stages import BatchPlan, JobRef, stages
+    from relion_zo.relion_it.stages import (
+        BatchPlan,
+        JobRef,
+        picking_stages,
+        rescaled_reference,
+        stages,
+    )
 
     site = SiteConfig(data_roots=[tmp_path], visit_directory=str(tmp_path) + "/{visit}",
                       executables=Executables(ctffind="/opt/ctffind/bin/ctffind"))
     given = {**GOOD_PARAMS, "stop_after_motion_correction": "false",
              "stop_after_ctf_estimation": "true"}
     if what != "preprocessing":  # PATo's keys, a few set-up values changed, a discard step
-        given.update({"stop_after_ctf_estimation": "false", "do_second_pass": "false",
+        given.update({"stop_after_ctf_estimation": "false",
+                      "do_second_pass": str(what == "second pass").lower(),
                       "autopick_LoG_diam_min": "90", "autopick_LoG_diam_max": "120",
                       "extract_downscale": "1", "batch_size": str(BATCH_SIZE),
                       "do_discard_on_image_statistics": "true", "refine_do_gpu": "0",
                       "refine_mpi": "2", "refine_threads": "1", "class2d_nr_classes": "4",
                       "inimodel_nr_iter_initial": "3", "autopick_lowpass": "15"})
-    params = with_calculated(parameters.parse(given))
     glob, gain = "Movies/GridSquare_*/Data/*.tiff", "gain.mrc"
+    if what == "second pass":  # its own small box, batch size and 3D classification
+        given.update({"extract2_downscale": "1", "extract2_small_boxsize": "72",
+                      "batch_size_pass2": "2000",
+                      "do_class3d_pass2": "1", "autopick_do_gpu": "0", "symmetry": "C2"})
+    params = with_calculated(parameters.parse(given))
     ours = stages(params, site, glob, gain)
     if what != "preprocessing":
         plan = BatchPlan(params)
         ours += [plan.discard(BATCH_FILE), plan.class2d(1, BATCH_FILE, BATCH_SIZE),
                  plan.inimodel(BATCH_FILE), plan.class3d(1, BATCH_FILE, BATCH_SIZE, REFERENCE)]
+    if what == "second pass":
+        best = Reference(*BEST_CLASS3D)
+        plan2 = BatchPlan(params, second=True)
+        reference = rescaled_reference(params, best)[0]
+        ours += picking_stages(params, best) + [
+            plan2.discard(BATCH2_FILE), plan2.class2d(1, BATCH2_FILE, BATCH_SIZE),
+            plan2.class3d(1, BATCH2_FILE, BATCH_SIZE, reference)]
     overrides = {"import_images": glob, "motioncor_gainreference": gain,
                  "motioncor_defectfile": "", "motioncor_exe": "",
                  "ctffind4_exe": site.executables.ctffind, "images_are_movies": True}
     options_mod.write_options(tmp_path, options_mod.options_text(params, overrides,
                                                                  processing_job_id=1))
     relion_it = {**OPTIONS, **options_mod.read_options(tmp_path / options_mod.OPTIONS_FILE)}
+    relion_it["class3d_reference"] = REFERENCE  # InitialModel's best class (1984-1985)
     env = dict(os.environ)
     theirs_dir, ours_dir = tmp_path / "relion_it", tmp_path / "relion_zo"
     added: dict[str, dict[str, str]] = {"relion_it": {}, "relion_zo": {}}
@@ -374,15 +435,23 @@ def test_the_job_star_files_are_relion_its_for_the_same_options(tmp_path, what):
                  else value) for label, value in stage.options]
         added["relion_zo"][name] = pl.add_job("relion_pipeliner", ours_dir, stage.job_type,
                                               mine, env)
+        if name == "autopick2_job":  # relion_it moves on to the second pass
+            relion_it = pass2_options(relion_it)
         theirs = RELION_IT_JOBS[name](relion_it, added["relion_it"])
         added["relion_it"][name] = pl.add_job("relion_pipeliner", theirs_dir, stage.job_type,
                                               theirs, env)
     assert added["relion_it"] == added["relion_zo"]
-    assert list(added["relion_zo"]) == (
-        ["import_job", "motioncorr_job", "ctffind_job"] if what == "preprocessing" else
-        ["import_job", "motioncorr_job", "ctffind_job", "autopick_job", "extract_job",
-         "split_job", "discard_job", "class2d_job_batch_001", "inimodel",
-         "class3d_job_batch_001"])
+    first_pass = ["import_job", "motioncorr_job", "ctffind_job", "autopick_job", "extract_job",
+                  "split_job", "discard_job", "class2d_job_batch_001", "inimodel",
+                  "class3d_job_batch_001"]
+    assert list(added["relion_zo"]) == {
+        "preprocessing": first_pass[:3], "picking and classification": first_pass,
+        "second pass": first_pass + [
+            "autopick2_job", "extract2_job", "split2_job", "discard2_job",
+            "class2d_pass2_job_batch_001", "class3d2_job_batch_001"]}[what]
+    if what == "second pass":  # what the jobs were made from, relion_it's way
+        assert relion_it["class3d_reference"] == reference
+        assert reference == "Class3D/job010/run_it005_class002_rescaled.mrc"
     differences = set()
     for name, job in added["relion_zo"].items():
         a, b = _job_star(theirs_dir / job / "job.star"), _job_star(ours_dir / job / "job.star")

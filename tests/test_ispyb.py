@@ -497,11 +497,11 @@ def _error_notes(engine, pjid: int) -> list[str]:
                    AutoProcProgramMessage.severity == "ERROR")).scalars())
 
 
-def test_patos_default_job_fails_naming_the_second_pass_where_the_site_keeps_it(
+def test_patos_default_job_fails_naming_ctffind_where_the_site_has_none(
         engine, web_engine, stack_settings, ui_site, live_visits):
-    """Neither UI writes do_second_pass and relion_it's default is true: on a site whose
-    relion_it_defaults leave it so, the job fails naming the key (tests/test_pipeline.py runs
-    the same job to success on a site that turns it off)."""
+    """PATo's default job asks for relion_it's whole pipeline: on a site whose file names no
+    CTFFIND it fails before anything runs, naming the setting (tests/test_pipeline.py runs the
+    same job to success on a site that names one)."""
     live = live_visits(ui_site)
     dcid, raw = acquired(engine, live, suffix="mrc", template="GridSquare_1/Data/*.mrc",
                          grid=True)
@@ -511,8 +511,9 @@ def test_patos_default_job_fails_naming_the_second_pass_where_the_site_keeps_it(
     publish_like_pato(stack_settings, {"parameters": {"ispyb_process": pjid}})
     state = wait_final(engine, ui_site, pjid)
     assert state.state == "failure" and pato_status(engine, pjid) == "Fail"
-    assert "do_second_pass" in state.message and "second pass" in state.message
-    assert any("do_second_pass" in note for note in _error_notes(engine, pjid))
+    assert "executables.ctffind" in state.message, state.message
+    assert any("executables.ctffind" in note for note in _error_notes(engine, pjid))
+    assert not live.project(pjid).exists()
 
 
 def test_patos_stop_after_ctf_job_runs_to_success(engine, web_engine, stack_settings, services,
@@ -562,8 +563,8 @@ def test_a_pato_shaped_job_runs_to_success_within_the_stages_relion_zo_runs(
     assert stored == rows + [("stop_after_motion_correction", "1")]
 
 
-def test_synchwebs_default_job_fails_naming_the_second_pass(engine, web_engine, stack_settings,
-                                                            ui_site, live_visits):
+def test_synchwebs_default_job_fails_naming_ctffind_where_the_site_has_none(
+        engine, web_engine, stack_settings, ui_site, live_visits):
     live = live_visits(ui_site)
     dcid, raw = acquired(engine, live, suffix=".mrc", template="*.mrc", grid=False)
     pjid = write_ui_job(web_engine, dcid, "Submitted via SynchWeb",
@@ -571,7 +572,7 @@ def test_synchwebs_default_job_fails_naming_the_second_pass(engine, web_engine, 
     publish_like_pato(stack_settings, {"parameters": {"ispyb_process": pjid}})
     state = wait_final(engine, ui_site, pjid)
     assert state.state == "failure" and synchweb_status(engine, pjid) == "failure"
-    assert "do_second_pass" in state.message
+    assert "executables.ctffind" in state.message, state.message
 
 
 def test_synchwebs_stop_message_stops_a_running_job(engine, web_engine, stack_settings,

@@ -121,39 +121,35 @@ SYNCHWEB_EER_SECOND_PASS = dict(synchweb_rows(RAW, "GridSquare_*/Data/*.eer", GA
 PATO_DEFAULT = dict(pato_rows(RAW, ".tiff", GAIN, stop_after_ctf=False))
 PATO_STOP_AFTER_CTF = dict(pato_rows(RAW, ".tiff", GAIN, stop_after_ctf=True))
 PATO_SUFFIX_WITHOUT_DOT = dict(pato_rows(RAW, "tiff", GAIN, stop_after_ctf=True))
-STAGE_MESSAGE = (
-    "parameter do_second_pass: relion_zo runs relion_it's first pass (LoG picking through "
-    "Class3D) and not yet its second pass: set do_second_pass=false"
-)
 
 
 @pytest.mark.parametrize("job", [SYNCHWEB_DEFAULT, SYNCHWEB_EER_SECOND_PASS, PATO_DEFAULT],
                          ids=["synchweb", "synchweb-eer-second-pass", "pato"])
-def test_a_web_ui_default_job_runs_once_the_site_turns_the_second_pass_off(job):
-    """Neither UI writes do_second_pass, and relion_it's default is true: the job is refused
-    naming it, and runs where the site's relion_it_defaults set it false."""
+def test_a_web_ui_default_job_asks_for_relion_its_whole_pipeline_and_second_pass(job):
+    """Neither UI writes do_second_pass, and relion_it's default is true: the job runs LoG
+    picking, both classifications and then the second pass, as relion_it would."""
     typed = p.parse(job)
     assert typed.stop_after_ctf_estimation is False and typed.extract_boxsize == 204
     assert p.explicit_items(typed) == [(k, job[k]) for k in p.FIELDS if k in job]
-    with pytest.raises(p.ParameterError) as info:
-        stages.check_stages(typed)
-    assert info.value.key == "do_second_pass"
-    assert str(info.value) == STAGE_MESSAGE
-    on_site = p.parse(job, {"do_second_pass": False})
-    stages.check_stages(on_site)
-    assert stages.classifies(on_site) and on_site.autopick_do_LoG
-    assert p.explicit_items(on_site) == p.explicit_items(typed)  # the default is not stored
+    stages.check_stages(typed)
+    assert stages.classifies(typed) and typed.autopick_do_LoG
+    assert stages.second_pass(typed) and stages.classifies(typed, second=True)
+    off = p.parse(job, {"do_second_pass": False})  # a site may turn it off for every job
+    assert not stages.second_pass(off)
+    assert p.explicit_items(off) == p.explicit_items(typed)  # the default is not stored
 
 
 def test_picking_with_references_is_refused_naming_the_key():
-    typed = p.parse({**PATO_DEFAULT, "autopick_do_LoG": "0"}, {"do_second_pass": False})
+    typed = p.parse({**PATO_DEFAULT, "autopick_do_LoG": "0"})
     with pytest.raises(p.ParameterError, match="^parameter autopick_do_LoG: picking with "):
         stages.check_stages(typed)
 
 
-def test_a_job_without_3d_classification_may_keep_the_second_pass_default():
+def test_a_job_without_3d_classification_has_no_second_pass():
     # relion_it moves on to pass 2 only from pass 1's Class3D
-    stages.check_stages(p.parse({**PATO_DEFAULT, "do_class3d": "0"}))
+    typed = p.parse({**PATO_DEFAULT, "do_class3d": "0"})
+    stages.check_stages(typed)
+    assert typed.do_second_pass and not stages.second_pass(typed)
 
 
 @pytest.mark.parametrize("cryolo", [None, "/opt/cryolo/bin/cryolo_predict.py"])
@@ -162,7 +158,7 @@ def test_cryolo_is_picked_with_log_only_where_the_site_names_no_cryolo(cryolo):
     so); a site that names one expects crYOLO, which relion_zo cannot run yet: refused."""
     site = SimpleNamespace(executables=SimpleNamespace(
         relion_pipeliner="relion_pipeliner", motioncor2="", ctffind="/bin/sh", cryolo=cryolo))
-    typed = p.parse(PATO_DEFAULT, {"do_second_pass": False})
+    typed = p.parse(PATO_DEFAULT)
     assert typed.autopick_do_cryolo
     if cryolo is None:
         stages.check_capabilities(typed, site)
@@ -174,8 +170,8 @@ def test_cryolo_is_picked_with_log_only_where_the_site_names_no_cryolo(cryolo):
 def test_the_stage_check_comes_first_and_is_an_input_error():
     site = SimpleNamespace(executables=SimpleNamespace(
         relion_pipeliner="/nonexistent/relion_pipeliner", motioncor2="", ctffind=""))
-    with pytest.raises(p.InputError, match="do_second_pass"):
-        stages.check_capabilities(p.parse(PATO_DEFAULT), site)
+    with pytest.raises(p.InputError, match="autopick_do_LoG"):
+        stages.check_capabilities(p.parse({**PATO_DEFAULT, "autopick_do_LoG": "0"}), site)
 
 
 def test_a_web_ui_job_that_stops_after_ctf_passes_the_stage_check():
@@ -195,6 +191,10 @@ def test_a_web_ui_job_that_stops_after_ctf_passes_the_stage_check():
         ("eer_grouping", "32", 32, "0", "greater than or equal to 1"),
         ("eer_grouping", "40.0", 40, "1.5", "whole number"),
         ("extract_small_boxsize", "63", 63, "0", "greater than 0"),
+        ("extract2_downscale", "1", True, "yes", "boolean"),
+        ("extract2_small_boxsize", "128", 128, "-64", "greater than 0"),
+        ("batch_size_pass2", "20000", 20000, "0", "greater than or equal to 1"),
+        ("minimum_resolution_3dref_2ndpass", "12.5", 12.5, "0", "greater than 0"),
     ],
 )
 def test_the_keys_the_web_uis_write(key, text, value, bad, words):
@@ -317,6 +317,10 @@ def test_sizes_a_job_leaves_out_are_calculated_as_relion_it_does():
     assert whole.extract_boxsize == 4000 and whole.extract_small_boxsize == 64
     with pytest.raises(p.ParameterError, match="too large"):
         calculate.extract_small_boxsize(4000, 3.0)
+    # the second pass's small box, as relion_it's GUI sets it: the first pass's
+    second = calculate.with_calculated(p.parse({**PATO_DEFAULT, "extract2_downscale": "1"}))
+    assert second.extract2_small_boxsize == 64
+    assert calculate.with_calculated(p.parse(PATO_DEFAULT)).extract2_small_boxsize == 128
 
 
 def test_every_relion_it_option_is_taken_or_refused_with_a_reason():

@@ -1,11 +1,14 @@
-"""relion_it 3.1's whole first pass, with RELION's own programs, through ISPyB and RabbitMQ.
+"""relion_it 3.1's whole pipeline, both passes, with RELION's own programs, through ISPyB and
+RabbitMQ.
 
 PATo's default job (its rows exactly, written by SQL with the web user; its message, no recipe)
 on synthetic particle movies: Import, MotionCorr, CtfFind (the ASPIRE stand-in), LoG AutoPick,
-Extract, the split into batches, Class2D, InitialModel and Class3D with 2 MPI processes. It is
-stopped while Class2D runs and again while InitialModel runs, carried on each time with
-``relion-zo resume``, and ends in success: finished jobs reused, none added twice, nothing of
-RELION left behind, and a project RELION's own tools read.
+Extract, the split into batches, Class2D, InitialModel and Class3D with 2 MPI processes; then
+the second pass: AutoPick with pass 1's best 3D class, Extract, Class2D and Class3D from that
+class rescaled to the second pass's particles. It is stopped while Class2D runs, while
+InitialModel runs and in the second pass, carried on each time with ``relion-zo resume``, and
+ends in success: finished jobs reused, none added twice, nothing of RELION left behind, and a
+project RELION's own tools read.
 """
 
 from __future__ import annotations
@@ -28,14 +31,19 @@ from relion_zo.relion_it import pipeliner as pl
 LIMIT = 600  # seconds for a whole run; a guard against a hang, not a speed check
 MOVIES = 3  # about 345 particles: batch 1 (300) full, batch 2 not
 # The demo site's classification settings, with 2 MPI processes for every relion_refine job
-# and an InitialModel smaller still (2 cores; the demo runs 1 process of 2 threads).
+# and an InitialModel smaller still (2 cores; the demo runs 1 process of 2 threads); the second
+# pass extracts to a box of its own (64: 2.25 Å, pass 1's 48 are 3 Å), so its Class3D needs
+# pass 1's class rescaled, and runs Class3D too.
 SITE_DEFAULTS = {**DEMO_SITE_DEFAULTS, "refine_mpi": 2, "refine_threads": 1,
                  "inimodel_nr_iter_initial": 2, "inimodel_nr_iter_inbetween": 4,
                  "inimodel_nr_iter_final": 2, "inimodel_batchsize_ini": 20,
-                 "inimodel_batchsize_final": 40}
-FIRST_PASS = ["import_job", "motioncorr_job", "ctffind_job", "autopick_job", "extract_job",
-              "split_job", "class2d_job_batch_001", "inimodel", "class3d_job_batch_001",
-              "class3d_job_batch_002"]
+                 "inimodel_batchsize_final": 40, "extract2_small_boxsize": 64,
+                 "do_class3d_pass2": True}
+# relion_it's names: pass 1 moves on after batch 1's Class3D, so batch 2 has none
+JOBS = ["import_job", "motioncorr_job", "ctffind_job", "autopick_job", "extract_job",
+        "split_job", "class2d_job_batch_001", "inimodel", "class3d_job_batch_001",
+        "autopick2_job", "extract2_job", "split2_job", "class2d_pass2_job_batch_001",
+        "class3d2_job_batch_001"]
 
 
 def _wait_for(engine, site, pjid, text: str, limit: float = LIMIT, *,
@@ -61,7 +69,7 @@ def _stop(services, pjid) -> None:
     assert "stopped" in out
 
 
-def test_patos_default_job_runs_relion_its_first_pass_through_stops(
+def test_patos_default_job_runs_relion_its_two_passes_through_stops(
         engine, web_engine, stack_settings, services, tmp_path, live_visits):
     ctffind = shutil.which("relion-zo-ctffind-aspire")
     assert ctffind, "scripts/install-deps.sh installs relion-zo-ctffind-aspire"
@@ -104,21 +112,41 @@ def test_patos_default_job_runs_relion_its_first_pass_through_stops(
     assert processes_in(project) == []
     assert "reusing Import/job001/ for import_job" in (project / "relion_zo_run.log").read_text()
 
-    # 3. carried on to the end
+    # 3. carried on into the second pass, and stopped there
+    resumed = _resume(services.site_file, pjid)
+    try:
+        _wait_for(engine, site, pjid, "AutoPick pass 2", resuming=True)
+        assert "Class3D batch 1 of 2" in job_status(engine, site, pjid).message
+        _stop(services, pjid)
+        out, _ = resumed.communicate(timeout=60)
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+    assert resumed.returncode == 0, out
+    assert processes_in(project) == []
+    assert not list(project.glob("RUNNING_*"))
+    submitted = pl.read_submitted(project)
+    best = (project / "RELION_IT_2NDPASS_3DREF").read_text().splitlines()
+    assert best[0].startswith(submitted["class3d_job_batch_001"]) and float(best[1]) == 3.0
+
+    # 4. carried on in the second pass (RELION_IT_2NDPASS_3DREF) to the end
     resumed = _resume(services.site_file, pjid)
     out, _ = resumed.communicate(timeout=LIMIT)
     assert resumed.returncode == 0, out
     state = job_status(engine, site, pjid)
     assert state.state == "success", state.message
     assert pato_status(engine, pjid) == "Success"
-    assert state.message.startswith("Import 3, MotionCorr 3/3, CtfFind 3/3, AutoPick 3/3 (")
+    assert state.message.startswith(
+        "Import 3, MotionCorr 3/3, CtfFind 3/3, AutoPick pass 2 3/3 ("), state.message
     assert state.message.endswith(
-        "Class2D batch 1 of 2, InitialModel batch 1 of 2, Class3D batch 2 of 2"), state.message
+        "Class2D pass 2 batch 1 of 1, Class3D pass 2 batch 1 of 1"), state.message
     assert processes_in(project) == []
+    log = (project / "relion_zo_run.log").read_text()
+    assert f"second pass: carrying on, picking with {best[0]}" in log
 
     # relion_it's names, each once, each a job of the pipeline, none added twice
     lines = (project / pl.SUBMITTED_JOBS).read_text().splitlines()
-    assert [line.split(" = ")[0] for line in lines] == FIRST_PASS
+    assert [line.split(" = ")[0] for line in lines] == JOBS
     submitted = pl.read_submitted(project)
     assert sorted(submitted.values()) == sorted(pl.process_names(project))
     for job in submitted.values():
@@ -137,7 +165,22 @@ def test_patos_default_job_runs_relion_its_first_pass_through_stops(
     # a blob the size of the known density (noise over the box would give about 80 Å)
     truth = _radius_of_gyration(particles.density(box=48, angpix=angpix), angpix)
     assert abs(_radius_of_gyration(volume, angpix) - truth) < 0.4 * truth
-    assert (project / submitted["class3d_job_batch_002"] / "run_it005_model.star").exists()
+    assert (project / submitted["class3d_job_batch_001"] / "run_it005_model.star").exists()
+
+    # the second pass: picked with pass 1's class, extracted to 64 pixels, classified in 2D and
+    # in 3D from the class rescaled to 2.25 Å in a box of 64
+    picked = pl.star_column(project / submitted["autopick2_job"] / "summary.star", "",
+                            "_rlnGroupNrParticles")
+    assert len(picked) == 3 and sum(int(n) for n in picked) > 0
+    assert f"({sum(int(n) for n in picked):,} particles)" in state.message
+    rescaled = best[0].replace(".mrc", "_rescaled.mrc")
+    with mrcfile.open(project / rescaled) as mrc:
+        assert mrc.data.shape == (64, 64, 64) and abs(mrc.voxel_size.x - 2.25) < 0.01
+    class3d2 = (project / submitted["class3d2_job_batch_001"] / "job.star").read_text()
+    assert rescaled in class3d2
+    with mrcfile.open(project / submitted["class2d_pass2_job_batch_001"]
+                      / "run_it008_classes.mrcs") as mrc:
+        assert mrc.data.shape == (4, 64, 64) and np.isfinite(mrc.data).all()
 
     # RELION's own tools read the project: the pipeline and every job's options
     for star, block in [(pl.PIPELINE_STAR, "data_pipeline_processes")] + [

@@ -142,9 +142,10 @@ def _bad_cases(visit, site):
         "ctffind missing": (dict(params={**p, "stop_after_motion_correction": "false",
                                          "stop_after_ctf_estimation": "true"}),
                             InputError, "ctffind is not available"),
-        "second pass asked for": (dict(params={**p, "stop_after_ctf_estimation": "false",
-                                               "stop_after_motion_correction": "false"}),
-                                  InputError, "do_second_pass"),
+        "picking with references": (dict(params={**p, "stop_after_ctf_estimation": "false",
+                                                 "stop_after_motion_correction": "false",
+                                                 "autopick_do_LoG": "false"}),
+                                    InputError, "autopick_do_LoG"),
         "motioncor2 missing": (dict(params={**p, "motioncor_do_own": "false"}), InputError,
                                "MotionCor2 is not available"),
         "missing folder": (dict(image_directory=str(visit.directory / "nope")), InputError,
@@ -170,7 +171,8 @@ def _bad_cases(visit, site):
 
 CASES = [
     "unknown key", "repeated key", "wrong type", "voltage range", "pixel size range",
-    "dose range", "missing gain", "gain not mrc", "gain unreadable", "missing defect file", "ctffind missing", "second pass asked for",
+    "dose range", "missing gain", "gain not mrc", "gain unreadable", "missing defect file",
+    "ctffind missing", "picking with references",
     "motioncor2 missing", "missing folder", "empty folder",
     "template matches nothing", "template not a movie", "template climbs out", "relative folder",
     "dotdot folder", "outside data roots", "symlink escape", "another visit's folder",

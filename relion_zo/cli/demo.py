@@ -2,7 +2,7 @@
 
 Brings the local MariaDB and RabbitMQ up, starts relion_zo's dispatcher and a relion_zo worker,
 seeds a demo visit with synthetic movies and presses Start for it: the message goes through
-RabbitMQ to the worker, which runs the job with real RELION (relion_it's first pass)
+RabbitMQ to the worker, which runs the job with real RELION (relion_it's two passes)
 while the demo follows the job's state in ISPyB, then prints the visit's status table and
 stops the services. ``--foreground`` runs the job in this process instead (``relion-zo run``,
 no broker). Run it again and it processes the same movies as a new job.
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.foreground:
             print("== Start")
             pjid = start_or_resume(demo)
-            print("== run in the foreground (RELION: relion_it's first pass)", flush=True)
+            print("== run in the foreground (RELION: relion_it's two passes)", flush=True)
             code = run_cli.main(config + [str(pjid)])
         else:
             logs = Path(args.root) / "logs"
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 pjid = start_or_resume(demo)
                 broker.send(settings.zocalo_config_path,
                             [broker.start_message(pjid)])
-                print("== the worker runs RELION: relion_it's first pass", flush=True)
+                print("== the worker runs RELION: relion_it's two passes", flush=True)
                 final = follow(demo.config_path, pjid)
             code = 0 if final == "success" else 1
         print("== status")

@@ -5,7 +5,8 @@ PATo leaves ``mask_diameter`` out when its box is ticked, and relies on them).
 - ``mask_diameter``: 10 % wider than ``autopick_LoG_diam_max`` (Å);
 - ``extract_boxsize``: 20 % larger than that diameter, in pixels, rounded up to even;
 - ``extract_small_boxsize``: the first size of RELION's list whose pixel size is below
-  4.25 Å (Nyquist better than 8.5 Å), never larger than the box itself.
+  4.25 Å (Nyquist better than 8.5 Å), never larger than the box itself;
+- ``extract2_small_boxsize`` (the second pass's): the same size, as relion_it's GUI sets it.
 
 A value the job (or the site's ``relion_it_defaults``) gives always wins.
 """
@@ -55,6 +56,9 @@ def with_calculated(params: RelionItParameters) -> RelionItParameters:
                                                           params.angpix)
     if "extract_small_boxsize" not in given and params.extract_downscale:
         update["extract_small_boxsize"] = extract_small_boxsize(box, params.angpix)
+    if "extract2_small_boxsize" not in given and params.extract2_downscale:
+        # relion_it's GUI gives the second pass the first pass's small box
+        update["extract2_small_boxsize"] = extract_small_boxsize(box, params.angpix)
     if not update:
         return params
     calculated = params.model_copy(update=update)

@@ -38,14 +38,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relion_zo.movies import MovieChecker, matching
-from relion_zo.paths import open_append, unsafe_reason
+from relion_zo.paths import open_append, replace_with, unsafe_reason
 from relion_zo.relion_it import batches as bt
 from relion_zo.relion_it import pipeliner as pl
-from relion_zo.relion_it.stages import BatchPlan, JobRef, Stage
+from relion_zo.relion_it.batches import SECOND_PASS_FILE, Reference
+from relion_zo.relion_it.stages import (
+    BatchPlan,
+    JobRef,
+    Stage,
+    classifies,
+    picking_stages,
+    rescaled_reference,
+)
 
 log = logging.getLogger(__name__)
 
-SCHEDULE = "PREPROCESS"
+SCHEDULE = "PREPROCESS"  # relion_it's PREPROCESS_SCHEDULE_PASS1
+SCHEDULE_PASS2 = "PREPROCESS_PASS2"
 RUNNING_SCHEDULE = f"RUNNING_PIPELINER_{SCHEDULE}"  # removing it stops the run (relion_it's way)
 PROJECT_MARKER = "RELION_ZO_PROJECT"  # in the environment of every process a run starts
 STALL_SCAN_SECONDS = 5.0  # at most this long between two looks at a pass's job folders
@@ -73,7 +82,7 @@ class Progress:
         for label, count in self.counts.items():
             part = (f"{label} {count}" if label == "Import" else
                     f"{label} {count}/{self.counts.get('Import', 0)}")
-            if label == "AutoPick" and self.particles is not None:
+            if label.startswith("AutoPick") and self.particles is not None:
                 part += f" ({self.particles:,} particles)"
             parts.append(part)
         parts += [f"{label} {text}" for label, text in self.batches.items()]
@@ -111,6 +120,10 @@ class DriverSettings:
     # relion_it's batch loop (Class2D per batch, InitialModel, Class3D) after each pass;
     # None: preprocessing only.
     batches: BatchPlan | None = None
+    # relion_it's second pass: once pass 1's Class3D of batch 1 is good enough, pick with its
+    # best class (needs ``batches``).
+    second_pass: bool = False
+    image_handler: str = "relion_image_handler"  # rescales the second pass's reference
 
 
 class _Stopped(Exception):
@@ -447,6 +460,10 @@ class _Run:
         self.imported_checked = 0  # rows of Import's movies.star already checked
         self.previous_batch1_size: int | None = None  # relion_it's, read on the first look
         self.reference: str | None = None  # the Class3D reference, once InitialModel made it
+        # The pass being run: its preprocessing jobs, its schedule and its batch jobs
+        self.stages: list[Stage] = list(settings.stages)
+        self.schedule = SCHEDULE
+        self.plan: BatchPlan | None = settings.batches
 
     # -- checks that run all the time
     def check_stop(self, pass_jobs: list[str] | None = None) -> None:
@@ -456,11 +473,18 @@ class _Run:
         project = self.s.project
         if not (project / pl.RUNNING_RELION_IT).exists():
             raise _Stopped(f"{pl.RUNNING_RELION_IT} was removed")
-        if not (project / RUNNING_SCHEDULE).exists() and (pass_jobs is None or any(
+        running = self.running_file
+        if not (project / running).exists() and (pass_jobs is None or any(
                 pl.exit_state(project, job) is None for job in pass_jobs)):
-            raise _Stopped(f"{RUNNING_SCHEDULE} was removed")
+            raise _Stopped(f"{running} was removed")
         if self.should_stop():
             raise _Stopped("stop requested")
+
+    @property
+    def running_file(self) -> str:
+        """The stop file of the pass being run (``RUNNING_PIPELINER_PREPROCESS``, or
+        ``..._PREPROCESS_PASS2`` in the second pass), as relion_it's pipeliners keep them."""
+        return pl.RUNNING_PIPELINER + self.schedule
 
     def tick(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -472,7 +496,7 @@ class _Run:
     def refresh_counts(self) -> None:
         self.progress.movies_on_disk = movies_on_disk(self.s.project, self.s.movie_glob)
         counts = {}
-        for stage in self.s.stages:
+        for stage in self.stages:
             job = self.jobs.get(stage.name_in_script)
             if job and stage.counts:
                 path = self.s.project / job / stage.output_star
@@ -486,7 +510,7 @@ class _Run:
 
     # -- set-up
     def add_jobs(self) -> None:
-        for stage in self.s.stages:
+        for stage in self.stages:
             self.ensure_job(stage)
 
     def ensure_job(self, stage: Stage) -> bool:
@@ -545,7 +569,7 @@ class _Run:
     def check_imported_names(self) -> None:
         """A movie that appeared between the check and RELION's glob is named in Import's
         output: refuse the pass at once if its name is not safe."""
-        job = self.jobs.get(self.s.stages[0].name_in_script) if self.s.stages else None
+        job = self.jobs.get(self.stages[0].name_in_script) if self.stages else None
         if self.s.movie_checker is None or not job:
             return
         names = pl.star_column(self.s.project / job / "movies.star", "movies",
@@ -559,7 +583,7 @@ class _Run:
     # -- one scheduler pass
     def run_pass(self) -> None:
         """One pass of the preprocessing jobs over every movie on disk."""
-        self.run_jobs(SCHEDULE, [self.jobs[st.name_in_script] for st in self.s.stages],
+        self.run_jobs(self.schedule, [self.jobs[st.name_in_script] for st in self.stages],
                       movies=True)
 
     def run_jobs(self, schedule: str, names: list[str], *, movies: bool = False) -> None:
@@ -619,7 +643,7 @@ class _Run:
         self.check_stop(names)
         # The pipeliner removes its RUNNING_PIPELINER_PREPROCESS after a pass; relion_it's
         # (repeating) pipeliner keeps it while it schedules: so does this run.
-        open_append(project / RUNNING_SCHEDULE, RUNNING_SCHEDULE).close()
+        open_append(project / self.running_file, self.running_file).close()
         if movies:
             self.check_imported_names()
         for job in names:
@@ -631,19 +655,21 @@ class _Run:
             full = no_space_reason(project)
             raise _Failed(f"{what}: {full}" if full else what)
 
-    # -- relion_it's batch loop (relion_it.py 1775-2115, first pass)
+    # -- relion_it's batch loop (relion_it.py 1775-2115)
     def classify(self) -> None:
         """Run every batch job relion_it's rules make due now, one pipeliner run each, in
         relion_it's order. relion_it runs this loop beside its preprocessing pipeliner; here
-        it runs after each preprocessing pass, so the two never compete for the cores."""
-        plan = self.s.batches
-        split = self.jobs.get("split_job")
+        it runs after each preprocessing pass, so the two never compete for the cores. In pass
+        1, a Class3D of batch 1 better than ``minimum_resolution_3dref_2ndpass`` moves the run
+        on to the second pass (with ``do_second_pass``)."""
+        plan = self.plan
+        split = self.jobs.get("split2_job" if plan and plan.second else "split_job")
         if plan is None or split is None:
             return
         p, project = plan.params, self.s.project
         if self.previous_batch1_size is None:  # a restart carries on from batch 1's size
             first = bt.batch_file(project, split, 1)
-            recorded = "class2d_job_batch_001" in pl.read_submitted(project)
+            recorded = plan.first_class2d in pl.read_submitted(project)
             self.previous_batch1_size = (bt.batch_size(project, first)
                                          if recorded and first else 0)
         total = bt.batch_count(project, split)
@@ -658,22 +684,28 @@ class _Run:
                 self.previous_batch1_size = size
             particles = name
             where = f"batch {number} of {total}"
-            if rerun or size == p.batch_size:
+            if rerun or size == plan.full_size:
                 if p.do_discard_on_image_statistics:
                     job = self.batch_job(plan.discard(name), "DISCARD", where, rerun)
                     particles = f"{job}particles.star"
-                if p.do_class2d:
+                if plan.do_class2d:
                     self.batch_job(plan.class2d(number, particles, size), "CLASS2D", where,
                                    rerun)
-            if not p.do_class3d:
+            if not plan.do_class3d:
                 continue
-            if self.reference is None and number == 1 and size == p.batch_size:
+            if (not plan.second and self.reference is None and number == 1
+                    and size == p.batch_size):
                 job = self.batch_job(plan.inimodel(particles), "INIMODEL", where, False)
-                self.reference = self.best_map(job, "InitialModel")
-            if self.reference is not None:
-                job = self.batch_job(plan.class3d(number, particles, size, self.reference),
-                                     "CLASS3D", where, rerun)
-                self.best_map(job, "Class3D")
+                self.reference = self.best_class(job, "InitialModel").map
+            if self.reference is None:
+                continue
+            job = self.batch_job(plan.class3d(number, particles, size, self.reference),
+                                 "CLASS3D", where, rerun)
+            best = self.best_class(job, "Class3D")
+            if (not plan.second and self.s.second_pass and number == 1
+                    and best.resolution < p.minimum_resolution_3dref_2ndpass):
+                self.start_second_pass(Reference(best.map, best.angpix))
+                return
 
     def batch_job(self, stage: Stage, schedule: str, where: str, rerun: bool) -> str:
         """Add ``stage``'s job unless the project has it; run it when new, when relion_it
@@ -688,13 +720,78 @@ class _Run:
         self.progress.batches[stage.label] = where
         return job
 
-    def best_map(self, job: str, label: str) -> str:
-        """The map of the best class of a finished InitialModel or Class3D job."""
+    def best_class(self, job: str, label: str) -> bt.BestClass:
+        """The best class of a finished InitialModel or Class3D job."""
         model = bt.output_model_star(self.s.project, job)
         best = bt.best_class(self.s.project, model) if model else None
         if best is None:
             raise _Failed(f"{label} {job} ended without the model and maps it should make")
-        return best.map
+        return best
+
+    # -- relion_it's second pass (relion_it.py 1515-1540, 2084-2109)
+    def start_second_pass(self, reference: Reference) -> None:
+        """Move on to the second pass, as relion_it does once pass 1's batch 1 has a good
+        enough 3D class: the first pass's preprocessing stops (its RUNNING file removed),
+        ``RELION_IT_2NDPASS_3DREF`` records the reference, and from the next pass on the
+        movies are picked with it."""
+        project = self.s.project
+        self.schedule = SCHEDULE_PASS2
+        open_append(project / self.running_file, self.running_file).close()
+        (project / RUNNING_SCHEDULE).unlink(missing_ok=True)
+        replace_with(project / SECOND_PASS_FILE, bt.reference_text(reference), SECOND_PASS_FILE)
+        self.note(f"second pass: picking with {reference.map} (pixel size {reference.angpix} Å)")
+        self.enter_second_pass(reference)
+
+    def resume_second_pass(self) -> None:
+        """A run in a project whose second pass has begun (``RELION_IT_2NDPASS_3DREF``) goes
+        straight to it, as relion_it does; pass 1's picking and batches are not run again."""
+        if not self.s.second_pass or self.s.batches is None:
+            return
+        try:
+            reference = bt.read_reference(self.s.project)
+        except ValueError as exc:
+            raise _Failed(str(exc)) from None
+        if reference is not None:
+            self.schedule = SCHEDULE_PASS2
+            self.note(f"second pass: carrying on, picking with {reference.map}")
+            self.enter_second_pass(reference)
+
+    def enter_second_pass(self, reference: Reference) -> None:
+        """The second pass's jobs: pass 1's Import, MotionCorr and CtfFind, then picking with
+        ``reference``, and its own batch jobs."""
+        assert self.s.batches is not None
+        p = self.s.batches.params
+        picking = [i for i, st in enumerate(self.stages) if st.name_in_script == "autopick_job"]
+        self.stages = self.stages[:picking[0]] + picking_stages(p, reference)
+        self.plan = BatchPlan(p, second=True) if classifies(p, second=True) else None
+        self.previous_batch1_size = None
+        self.reference = reference.map
+        for stage in self.stages:
+            self.ensure_job(stage)
+        if self.plan is not None:
+            self.reference = self.rescale(p, reference)
+        self.tick(force=True)
+
+    def rescale(self, p, reference: Reference) -> str:
+        """The second pass's Class3D reference: pass 1's best class rescaled to the second
+        pass's particles with ``relion_image_handler`` where their pixel sizes differ."""
+        target, angpix, box = rescaled_reference(p, reference)
+        if not box:
+            return target
+        argv = [self.s.image_handler, "--i", reference.map, "--o", target, "--angpix",
+                reference.angpix, "--rescale_angpix", str(angpix), "--new_box", str(box)]
+        started = time.monotonic()
+        done = subprocess.run(argv, cwd=self.s.project, env=self.env(), check=False,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=600)
+        self.progress.relion_seconds += time.monotonic() - started
+        if done.returncode != 0 or not (self.s.project / target).is_file():
+            error = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise _Failed(f"relion_image_handler could not rescale {reference.map} to "
+                          f"{angpix:g} Å: {error[0]}")
+        self.note(f"second pass: {reference.map} rescaled to {angpix:g} Å in a box of {box} "
+                  f"as {target}")
+        return target
 
     def job_failure(self, job: str, what: str, *, with_error: bool = True) -> str:
         """Why ``job`` failed: ``<job> <what>: <RELION's error>``; on a (nearly) full disk
@@ -744,7 +841,8 @@ class _Run:
             # Both of relion_it's stop files: RUNNING_RELION_IT for relion_it itself, and the
             # one its pipeliner (run with --repeat > 1) keeps while it schedules.
             open_append(project / pl.RUNNING_RELION_IT, "RUNNING_RELION_IT").close()
-            open_append(project / RUNNING_SCHEDULE, RUNNING_SCHEDULE).close()
+            self.resume_second_pass()
+            open_append(project / self.running_file, self.running_file).close()
             self.check_stop()
             self.add_jobs()
             self.tick(force=True)

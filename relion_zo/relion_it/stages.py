@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from relion_zo.config import SiteConfig
 from relion_zo.errors import InputError
 from relion_zo.parameters import ParameterError, RelionItParameters
+from relion_zo.relion_it.batches import Reference
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,16 @@ def picks(p: RelionItParameters) -> bool:
     return not (p.stop_after_ctf_estimation or p.stop_after_motion_correction)
 
 
-def classifies(p: RelionItParameters) -> bool:
-    """Batches and 2D/3D classification in relion_it's first pass (1742, 1775)."""
+def classifies(p: RelionItParameters, *, second: bool = False) -> bool:
+    """Batches and 2D/3D classification in relion_it's first pass, or its second (1742, 1775)."""
+    if second:
+        return picks(p) and (p.do_class2d_pass2 or p.do_class3d_pass2)
     return picks(p) and (p.do_class2d or p.do_class3d)
+
+
+def second_pass(p: RelionItParameters) -> bool:
+    """relion_it moves on to a second pass only from pass 1's Class3D (2084)."""
+    return classifies(p) and p.do_class3d and p.do_second_pass
 
 
 def check_stages(params: RelionItParameters) -> None:
@@ -86,11 +94,6 @@ def check_stages(params: RelionItParameters) -> None:
         raise ParameterError(
             "autopick_do_LoG", "picking with references needs reference files, which a job "
             "cannot name yet: set autopick_do_LoG=true (Laplacian-of-Gaussian picking)")
-    if p.do_class3d and p.do_second_pass:
-        # relion_it 3.1 moves on to a second pass once pass 1's Class3D is good enough (2084)
-        raise ParameterError(
-            "do_second_pass", "relion_zo runs relion_it's first pass (LoG picking through "
-            "Class3D) and not yet its second pass: set do_second_pass=false")
 
 
 def check_capabilities(params: RelionItParameters, config: SiteConfig) -> None:
@@ -220,12 +223,16 @@ def stages(
     return result
 
 
-def picking_stages(p: RelionItParameters) -> list[Stage]:
-    """AutoPick (LoG), Extract and, when classifying, the Select job that splits the particles
-    into batches: relion_it's first-pass jobs after CtfFind (1641-1760)."""
+def picking_stages(p: RelionItParameters, reference: Reference | None = None) -> list[Stage]:
+    """AutoPick, Extract and, when classifying, the Select job that splits the particles into
+    batches: relion_it's jobs after CtfFind (1641-1760). Pass 1 picks with LoG; the second
+    pass (``reference`` given) picks with pass 1's best 3D class, extracts to its own small box
+    and splits into batches of ``batch_size_pass2``."""
+    second = reference is not None
     autopick = Stage(
         # summary.star (RELION 3.1's AutoPick writes it after each run): a row per movie
-        "autopick_job", "AutoPick", "AutoPick", "summary.star", "",
+        "autopick2_job" if second else "autopick_job", "AutoPick",
+        "AutoPick pass 2" if second else "AutoPick", "summary.star", "",
         (
             ("Input micrographs for autopick:", JobRef("ctffind_job", "micrographs_ctf.star")),
             ("Min. diameter for LoG filter (A)", p.autopick_LoG_diam_min),
@@ -234,9 +241,11 @@ def picking_stages(p: RelionItParameters) -> list[Stage]:
             ("Adjust default threshold (stddev):", p.autopick_LoG_adjust_threshold),
             ("Upper threshold (stddev):", p.autopick_LoG_upper_threshold),
             ("2D references:", ""),
-            ("3D reference:", ""),
-            ("Symmetry:", p.autopick_3dref_symmetry),
-            ("Pixel size in references (A)", p.autopick_ref_angpix),
+            ("3D reference:", reference.map if second else ""),
+            # relion_it picks pass 2 with the particle's symmetry (2090)
+            ("Symmetry:", p.symmetry if second else p.autopick_3dref_symmetry),
+            ("Pixel size in references (A)", reference.angpix if second
+             else p.autopick_ref_angpix),
             ("3D angular sampling:", p.autopick_3dref_sampling),
             ("In-plane angular sampling (deg)", p.autopick_inplane_sampling),
             ("Picking threshold:", p.autopick_refs_threshold),
@@ -248,51 +257,107 @@ def picking_stages(p: RelionItParameters) -> list[Stage]:
             ("Which GPUs to use:", p.autopick_gpu),
             ("Additional arguments:", ""),
             ("Number of MPI procs:", p.autopick_mpi),
-            ("OR: provide a 3D reference?", False),
-            ("OR: use Laplacian-of-Gaussian?", True),
+            ("OR: provide a 3D reference?", second),
+            ("OR: use Laplacian-of-Gaussian?", not second),
             ("Are References CTF corrected?", p.autopick_refs_are_ctf_corrected),
             ("References have inverted contrast?", p.autopick_refs_have_inverted_contrast),
             ("Ignore CTFs until first peak?", p.autopick_refs_ignore_ctf1stpeak),
-            ("Use GPU acceleration?", False),  # relion_it: only for reference-based picking
+            # relion_it: only for reference-based picking
+            ("Use GPU acceleration?", second and p.autopick_do_gpu),
         ),
-        alias="pass 1", counts="picked",
+        alias="pass 2" if second else "pass 1", counts="picked",
     )
+    downscale, small_box = ((p.extract2_downscale, p.extract2_small_boxsize) if second
+                            else (p.extract_downscale, p.extract_small_boxsize))
     extract = [
-        ("Input coordinates: ", JobRef("autopick_job", "coords_suffix_autopick.star")),
+        ("Input coordinates: ", JobRef(autopick.name_in_script, "coords_suffix_autopick.star")),
         ("micrograph STAR file: ", JobRef("ctffind_job", "micrographs_ctf.star")),
         ("Diameter background circle (pix): ", p.extract_bg_diameter),
         ("Particle box size (pix):", p.extract_boxsize),
         ("Number of MPI procs:", p.extract_mpi),
     ]
-    if p.extract_downscale:
-        extract += [("Rescale particles?", True),
-                    ("Re-scaled size (pixels): ", p.extract_small_boxsize)]
+    if downscale:
+        extract += [("Rescale particles?", True), ("Re-scaled size (pixels): ", small_box)]
+    extract_name = "extract2_job" if second else "extract_job"
     result = [
         autopick,
-        Stage("extract_job", "Extract", "Extract", "particles.star", "particles",
-              tuple(extract), alias="pass 1", counts=""),
+        Stage(extract_name, "Extract", "Extract pass 2" if second else "Extract",
+              "particles.star", "particles", tuple(extract), alias=autopick.alias, counts=""),
     ]
-    if classifies(p):
+    if classifies(p, second=second):
+        size = p.batch_size_pass2 if second else p.batch_size
         result.append(Stage(
-            "split_job", "Select", "Select", "", "",
+            "split2_job" if second else "split_job", "Select", "Select", "", "",
             (
-                ("OR select from particles.star:", JobRef("extract_job", "particles.star")),
+                ("OR select from particles.star:", JobRef(extract_name, "particles.star")),
                 ("OR: split into subsets?", True),
                 ("OR: number of subsets: ", -1),
-                ("Subset size: ", p.batch_size),
+                ("Subset size: ", size),
             ),
-            alias=f"into {p.batch_size}", counts="",
+            alias=f"into {size}", counts="",
         ))
     return result
 
 
+def rescaled_reference(p: RelionItParameters, reference: Reference) -> tuple[str, float, int]:
+    """The second pass's Class3D reference, as relion_it makes it (1779-1793): pass 1's best
+    class at the second pass's particle pixel size, ``<map>_rescaled.mrc`` in a box of its
+    particles' size; returns (file, pixel size, box). When neither pass downscales, or the
+    sizes already agree (within 0.01 Å), the map itself with no rescaling (box 0)."""
+    if not (p.extract_downscale or p.extract2_downscale):
+        return reference.map, 0.0, 0
+    angpix = p.angpix * p.motioncor_binning
+    if p.extract2_downscale:
+        angpix = angpix * p.extract_boxsize / p.extract2_small_boxsize
+        box = p.extract2_small_boxsize
+    else:
+        box = p.extract_boxsize
+    if abs(angpix - float(reference.angpix)) <= 0.01:
+        return reference.map, 0.0, 0
+    return reference.map.replace(".mrc", "_rescaled.mrc"), angpix, box
+
+
 @dataclass(frozen=True)
 class BatchPlan:
-    """relion_it 3.1's first-pass batch jobs (1775-2115): per batch of extracted particles an
-    optional discard Select job, Class2D, and with ``do_class3d`` an InitialModel (once, on
-    batch 1 when it is full) and Class3D. The options are relion_it's, label for label."""
+    """relion_it 3.1's batch jobs (1775-2115): per batch of extracted particles an optional
+    discard Select job, Class2D, and with ``do_class3d`` an InitialModel (once, on batch 1 when
+    it is full) and Class3D. The second pass (``second``) has its own names, its own
+    ``do_class2d_pass2``/``do_class3d_pass2`` and ``batch_size_pass2``, and no InitialModel:
+    its Class3D starts from pass 1's best class. The options are relion_it's, label for label."""
 
     params: RelionItParameters
+    second: bool = False
+
+    @property
+    def full_size(self) -> int:
+        """A batch this size is full. relion_it 3.1 compares pass 2's batches with
+        ``batch_size`` too (1818), which its batches of ``batch_size_pass2`` reach only by
+        chance: relion_zo compares them with ``batch_size_pass2``, as they are split."""
+        return self.params.batch_size_pass2 if self.second else self.params.batch_size
+
+    @property
+    def do_class2d(self) -> bool:
+        return self.params.do_class2d_pass2 if self.second else self.params.do_class2d
+
+    @property
+    def do_class3d(self) -> bool:
+        return self.params.do_class3d_pass2 if self.second else self.params.do_class3d
+
+    @property
+    def first_class2d(self) -> str:
+        """The name whose record tells a restart that batch 1 was classified before."""
+        return self._names(1)[0]
+
+    def _names(self, batch: int) -> tuple[str, str, str]:
+        """(Class2D's name, Class3D's name, their alias) for ``batch``, as relion_it has them."""
+        if self.second:
+            return (f"class2d_pass2_job_batch_{batch:03d}", f"class3d2_job_batch_{batch:03d}",
+                    f"pass2_batch_{batch:03d}")
+        return (f"class2d_job_batch_{batch:03d}", f"class3d_job_batch_{batch:03d}",
+                f"pass1_batch_{batch:03d}")
+
+    def _label(self, label: str) -> str:
+        return f"{label} pass 2" if self.second else label
 
     def _refine(self) -> list[tuple[str, object]]:
         p = self.params
@@ -308,7 +373,8 @@ class BatchPlan:
 
     def discard(self, batch_file: str) -> Stage:
         return Stage(
-            "discard_job", "Select", "Discard", "particles.star", "particles",
+            "discard2_job" if self.second else "discard_job", "Select",
+            self._label("Discard"), "particles.star", "particles",
             (
                 ("OR select from particles.star:", batch_file),
                 ("OR: select on image statistics?", True),
@@ -320,8 +386,9 @@ class BatchPlan:
 
     def class2d(self, batch: int, particles: str, batch_size: int) -> Stage:
         p = self.params
+        name, _, alias = self._names(batch)
         return Stage(
-            f"class2d_job_batch_{batch:03d}", "Class2D", "Class2D", "", "",
+            name, "Class2D", self._label("Class2D"), "", "",
             (
                 ("Input images STAR file:", particles),
                 ("Number of classes:", p.class2d_nr_classes),
@@ -337,7 +404,7 @@ class BatchPlan:
                 ("Ignore CTFs until first peak?", p.class2d_ctf_ign1stpeak),
                 *self._refine(),
             ),
-            alias=f"pass1_batch_{batch:03d}", counts="",
+            alias=alias, counts="",
         )
 
     def inimodel(self, particles: str) -> Stage:
@@ -375,8 +442,9 @@ class BatchPlan:
 
     def class3d(self, batch: int, particles: str, batch_size: int, reference: str) -> Stage:
         p = self.params
+        _, name, alias = self._names(batch)
         return Stage(
-            f"class3d_job_batch_{batch:03d}", "Class3D", "Class3D", "", "",
+            name, "Class3D", self._label("Class3D"), "", "",
             (
                 ("Input images STAR file:", particles),
                 ("Reference map:", reference),
@@ -394,12 +462,13 @@ class BatchPlan:
                 ("Additional arguments:", ""),
                 ("Use fast subsets (for large data sets)?",
                  batch_size > p.refine_batchsize_for_fast_subsets),
-                # relion_it sets both once InitialModel made the reference (1986-1988)
+                # relion_it sets both once InitialModel made the reference (1986-1988); pass
+                # 2's reference is a map of pass 1's Class3D
                 ("Ref. map is on absolute greyscale?", True),
                 ("Has reference been CTF-corrected?", True),
                 ("Skip padding?", p.refine_skip_padding),
                 ("Ignore CTFs until first peak?", p.class3d_ctf_ign1stpeak),
                 *self._refine(),
             ),
-            alias=f"pass1_batch_{batch:03d}", counts="",
+            alias=alias, counts="",
         )
