@@ -96,6 +96,21 @@ class SiteConfig(BaseModel):
     ispyb_web_credentials: Path | None = None
     zocalo_config: Path | None = None
     executables: Executables = Executables()
+    # crYOLO, where executables.cryolo names its cryolo_predict.py: its model (the general
+    # model, or one trained at the site) and its confidence threshold
+    cryolo_weights: str | None = None
+    cryolo_threshold: float = Field(default=0.3, ge=0, le=1)
+
+    @field_validator("cryolo_weights")
+    @classmethod
+    def _weights_shell_safe(cls, value: str | None) -> str | None:
+        # RELION puts the model's path into the crYOLO job's command, run through a shell
+        reason = unsafe_reason(value) if value else None
+        if reason:
+            raise ValueError(reason)
+        if value and not value.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return value
 
     @field_validator("data_roots")
     @classmethod

@@ -52,6 +52,7 @@ from relion_zo.relion_it.stages import (
     picks,
     second_pass,
     stages,
+    uses_cryolo,
 )
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,10 @@ def prepare_project(
     project.create_project(folder, [spec.visit_directory, *config.data_roots],
                            spec.processing_job_id, resume=resume)
     note(f"project {folder}")
-    if params.autopick_do_cryolo and picks(params):
-        # PATo's form ticks crYOLO; a site naming one is refused in check_capabilities
+    if uses_cryolo(params, config):
+        note(f"autopick_do_cryolo: picking with crYOLO ({config.executables.cryolo}) in "
+             "RELION's External job")
+    elif params.autopick_do_cryolo and picks(params):  # PATo's form ticks crYOLO
         note("autopick_do_cryolo: no crYOLO is configured at this site; picking with LoG")
     project.link_movies(folder, spec.image_directory)
     gain = ""

@@ -40,10 +40,11 @@ fi
 # relion-zo-ctffind-aspire (docs/ctffind-standin.md), the CTFFIND 4.1 stand-in for RELION's
 # CtfFind job where CTFFIND cannot be installed, runs ASPIRE's CTF estimator in a venv of its own:
 # aspire pins finufft and confuse and would upgrade cloudpickle here, and its full requirements
-# are ~740 MB. Only what `import aspire.ctf` needs is installed (aspire 0.14.3 without cvxpy,
-# scikit-image and click).
+# are ~740 MB. Only what `import aspire.ctf` and `aspire.apple` need is installed (aspire
+# 0.14.3 without scikit-image and click, and cvxpy without its solvers: cvxpy-base, which
+# relion-zo-cryolo-apple's import of aspire.apple needs and never calls).
 aspire_venv=${RELION_ZO_ASPIRE_VENV:-${XDG_DATA_HOME:-$HOME/.local/share}/relion_zo/aspire-venv}
-aspire_reqs="numpy scipy mrcfile finufft==2.5.0 confuse==2.1.0 pooch packaging scikit-learn tqdm psutil gemmi matplotlib pymanopt PyWavelets"
+aspire_reqs="numpy scipy mrcfile finufft==2.5.0 confuse==2.1.0 pooch packaging scikit-learn tqdm psutil gemmi matplotlib pymanopt PyWavelets cvxpy-base"
 if [ "$(cat "$aspire_venv/.relion_zo_requirements" 2>/dev/null)" != "aspire==0.14.3 $aspire_reqs" ]; then
   python3 -m venv --clear "$aspire_venv"
   # shellcheck disable=SC2086
@@ -51,4 +52,4 @@ if [ "$(cat "$aspire_venv/.relion_zo_requirements" 2>/dev/null)" != "aspire==0.1
   "$aspire_venv/bin/python" -m pip install -q --no-deps aspire==0.14.3
   echo "aspire==0.14.3 $aspire_reqs" > "$aspire_venv/.relion_zo_requirements"
 fi
-command -v relion-zo-ctffind-aspire >/dev/null || python3 -m pip install -q -e ".[test]"
+command -v relion-zo-cryolo-apple >/dev/null || python3 -m pip install -q -e ".[test]"

@@ -152,19 +152,55 @@ def test_a_job_without_3d_classification_has_no_second_pass():
     assert typed.do_second_pass and not stages.second_pass(typed)
 
 
-@pytest.mark.parametrize("cryolo", [None, "/opt/cryolo/bin/cryolo_predict.py"])
-def test_cryolo_is_picked_with_log_only_where_the_site_names_no_cryolo(cryolo):
-    """PATo's form ticks crYOLO: picked with LoG where no crYOLO is named (the run log says
-    so); a site that names one expects crYOLO, which relion_zo cannot run yet: refused."""
-    site = SimpleNamespace(executables=SimpleNamespace(
-        relion_pipeliner="relion_pipeliner", motioncor2="", ctffind="/bin/sh", cryolo=cryolo))
+def _cryolo_site(tmp_path, cryolo, weights):
+    from relion_zo.config import SiteConfig
+
+    return SiteConfig(data_roots=[tmp_path], visit_directory=str(tmp_path) + "/{visit}",
+                      executables={"ctffind": "/bin/sh", "cryolo": cryolo},
+                      cryolo_weights=weights)
+
+
+def test_cryolo_picks_where_the_site_names_it_and_log_elsewhere(tmp_path):
+    """PATo's form ticks crYOLO: picked with LoG where the site names no crYOLO (the run log
+    says so); crYOLO's External job where it does, once crYOLO and its model are found."""
     typed = p.parse(PATO_DEFAULT)
     assert typed.autopick_do_cryolo
-    if cryolo is None:
-        stages.check_capabilities(typed, site)
-    else:
-        with pytest.raises(p.InputError, match="^parameter autopick_do_cryolo: this site names"):
-            stages.check_capabilities(typed, site)
+    nowhere = _cryolo_site(tmp_path, None, None)
+    stages.check_capabilities(typed, nowhere)
+    assert not stages.uses_cryolo(typed, nowhere)
+    assert stages.stages(typed, nowhere, "Movies/*.mrc", "")[3].job_type == "AutoPick"
+
+    weights = tmp_path / "gmodel.h5"
+    missing = _cryolo_site(tmp_path, "/opt/cryolo/bin/cryolo_predict.py", str(weights))
+    with pytest.raises(p.InputError, match=r"^crYOLO \(/opt/cryolo/bin/cryolo_predict.py\) is "
+                       "not installed here .*autopick_do_cryolo=false"):
+        stages.check_capabilities(typed, missing)
+    no_model = _cryolo_site(tmp_path, "/bin/true", str(weights))
+    with pytest.raises(p.InputError, match=r"^crYOLO's model \(cryolo_weights: "):
+        stages.check_capabilities(typed, no_model)
+
+    weights.write_bytes(b"model")
+    site = _cryolo_site(tmp_path, "/bin/true", str(weights))
+    stages.check_capabilities(typed, site)
+    picking = stages.stages(typed, site, "Movies/*.mrc", "")[3]
+    assert (picking.name_in_script, picking.job_type) == ("autopick_job", "External")
+    options = dict(picking.options)
+    # the particle's largest diameter in the micrographs' pixels (PATo's 180 Å at 1.06 Å)
+    assert options["Param1 - label:"] == "box_size" and options["Param1 - value:"] == round(
+        typed.autopick_LoG_diam_max / typed.angpix)
+    assert options["Param4 - value:"] == str(weights)
+    assert options["External executable:"].endswith("relion-zo-cryolo-job")
+    # relion_it's second pass still picks with pass 1's best class
+    second = stages.picking_stages(typed, stages.Reference("Class3D/job009/c.mrc", "3.0"))
+    assert second[0].job_type == "AutoPick"
+
+
+@pytest.mark.parametrize("weights", ["gmodel.h5", "/models/g model.h5", "/models/$(id).h5"])
+def test_cryolos_model_must_be_an_absolute_shell_safe_path(tmp_path, weights):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="cryolo_weights"):
+        _cryolo_site(tmp_path, "/bin/true", weights)
 
 
 def test_the_stage_check_comes_first_and_is_an_input_error():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from relion_zo.config import SiteConfig
 from relion_zo.errors import InputError
 from relion_zo.parameters import ParameterError, RelionItParameters
+from relion_zo.paths import unsafe_reason
 from relion_zo.relion_it.batches import Reference
 
 
@@ -123,13 +124,57 @@ def check_capabilities(params: RelionItParameters, config: SiteConfig) -> None:
             "installed, relion-zo-ctffind-aspire: docs/ctffind-standin.md), or set "
             "stop_after_motion_correction=true to stop after motion correction"
         )
-    if picks(params) and params.autopick_do_cryolo and config.executables.cryolo:
-        # the site expects crYOLO; LoG (the fallback where no crYOLO is named) would not be it
-        raise InputError(
-            "parameter autopick_do_cryolo: this site names crYOLO (executables.cryolo), which "
-            "relion_zo cannot run yet; set autopick_do_cryolo=false to pick with LoG")
+    if uses_cryolo(params, config):
+        cryolo_program(config)  # raises when crYOLO, its model or the job program is missing
     if not shutil.which("csh"):
         raise InputError("RELION's CTFFIND wrapper needs csh, which is not installed here")
+
+
+CRYOLO_JOB = "relion-zo-cryolo-job"  # the External job's program (relion_it/cryolo_job.py)
+
+
+def uses_cryolo(p: RelionItParameters, config: SiteConfig) -> bool:
+    """Pass 1 picks with crYOLO when the job asks (``autopick_do_cryolo``, Diamond's relion_it
+    option, which PATo's form ticks) and the site names crYOLO; else with LoG."""
+    return picks(p) and p.autopick_do_cryolo and bool(config.executables.cryolo)
+
+
+def cryolo_program(config: SiteConfig) -> str:
+    """The External job's program, once crYOLO and its model are found at this site."""
+    cryolo = config.executables.cryolo
+    if not _executable(cryolo):
+        raise InputError(
+            f"crYOLO ({cryolo}) is not installed here (executables.cryolo); set "
+            "autopick_do_cryolo=false to pick with LoG")
+    weights = config.cryolo_weights
+    if not weights or not os.path.isfile(weights) or not os.access(weights, os.R_OK):
+        raise InputError(
+            f"crYOLO's model (cryolo_weights: {weights}) is not a readable file at this site; "
+            "set autopick_do_cryolo=false to pick with LoG")
+    program = _executable(CRYOLO_JOB)
+    if not program or unsafe_reason(program):
+        raise InputError(f"{CRYOLO_JOB} is not installed here with a safe path (pip install "
+                         "relion_zo)")
+    return program
+
+
+def cryolo_stage(p: RelionItParameters, config: SiteConfig) -> Stage:
+    """crYOLO picking as RELION's External job, under relion_it's ``autopick_job`` name, with
+    AutoPick's outputs (relion_it/cryolo_job.py). Its box is the particle's largest diameter
+    in the micrographs' pixels (crYOLO's box encloses the particle)."""
+    box = max(1, round(p.autopick_LoG_diam_max / (p.angpix * p.motioncor_binning)))
+    params = [("box_size", box), ("threshold", config.cryolo_threshold),
+              ("cryolo", config.executables.cryolo), ("weights", config.cryolo_weights),
+              ("gpu", p.autopick_gpu)]
+    options: list[tuple[str, object]] = [
+        ("External executable:", cryolo_program(config)),
+        ("Input micrographs: ", JobRef("ctffind_job", "micrographs_ctf.star")),
+    ]
+    for number, (label, value) in enumerate(params, start=1):
+        options += [(f"Param{number} - label:", label), (f"Param{number} - value:", value)]
+    options.append(("Number of threads:", 1))
+    return Stage("autopick_job", "External", "AutoPick (crYOLO)", "summary.star", "",
+                 tuple(options), alias="pass 1", counts="picked")
 
 
 def stages(
@@ -219,15 +264,18 @@ def stages(
             )
         )
     if picks(p):
-        result += picking_stages(p)
+        result += picking_stages(p, cryolo=cryolo_stage(p, config)
+                                 if uses_cryolo(p, config) else None)
     return result
 
 
-def picking_stages(p: RelionItParameters, reference: Reference | None = None) -> list[Stage]:
+def picking_stages(p: RelionItParameters, reference: Reference | None = None, *,
+                   cryolo: Stage | None = None) -> list[Stage]:
     """AutoPick, Extract and, when classifying, the Select job that splits the particles into
-    batches: relion_it's jobs after CtfFind (1641-1760). Pass 1 picks with LoG; the second
-    pass (``reference`` given) picks with pass 1's best 3D class, extracts to its own small box
-    and splits into batches of ``batch_size_pass2``."""
+    batches: relion_it's jobs after CtfFind (1641-1760). Pass 1 picks with LoG, or with
+    crYOLO (``cryolo``, its External job); the second pass (``reference`` given) picks with
+    pass 1's best 3D class, extracts to its own small box and splits into batches of
+    ``batch_size_pass2``."""
     second = reference is not None
     autopick = Stage(
         # summary.star (RELION 3.1's AutoPick writes it after each run): a row per movie
@@ -267,6 +315,8 @@ def picking_stages(p: RelionItParameters, reference: Reference | None = None) ->
         ),
         alias="pass 2" if second else "pass 1", counts="picked",
     )
+    if cryolo is not None and not second:
+        autopick = cryolo
     downscale, small_box = ((p.extract2_downscale, p.extract2_small_boxsize) if second
                             else (p.extract_downscale, p.extract_small_boxsize))
     extract = [
