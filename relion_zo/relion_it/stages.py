@@ -165,7 +165,7 @@ def cryolo_stage(p: RelionItParameters, config: SiteConfig) -> Stage:
     box = max(1, round(p.autopick_LoG_diam_max / (p.angpix * p.motioncor_binning)))
     params = [("box_size", box), ("threshold", config.cryolo_threshold),
               ("cryolo", config.executables.cryolo), ("weights", config.cryolo_weights),
-              ("gpu", p.autopick_gpu)]
+              ("gpu", p.autopick_gpu or "0")]  # crYOLO's default device
     options: list[tuple[str, object]] = [
         ("External executable:", cryolo_program(config)),
         ("Input micrographs: ", JobRef("ctffind_job", "micrographs_ctf.star")),
