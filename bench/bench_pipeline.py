@@ -1,5 +1,6 @@
-"""Benchmark of relion_it's whole first pass on the demo's data: time per stage, the driver's
-own overhead, and how long a stop takes while Class2D and InitialModel run.
+"""Benchmark of relion_it's whole pipeline, both passes, on the demo's data: time per job, the
+driver's own overhead, and how long a stop takes while Class2D, InitialModel and the second
+pass's Class2D run.
 
 Run by hand (no database or broker needed; RELION and relion-zo-ctffind-aspire must be
 installed):  python bench/bench_pipeline.py [--movies 4]
@@ -9,15 +10,17 @@ and the demo's settings (``devstack.demo``: DEMO_PARAMETERS over DEMO_SITE_DEFAU
 ``run_driver`` in a temporary folder:
 
 1. one run to the end: each RELION job's time runs from the pipeliner's "Executing" line (to
-   the second) to its ``RELION_JOB_EXIT_SUCCESS``, summed per job type; the driver's own time
-   is the run's wall time minus the time spent in RELION's commands (``--addJob`` and the
-   pipeliner runs, ``Progress.relion_seconds``), and the pipeliner's share is the time of its
-   runs minus the jobs' time (starting jobs, noticing their ends);
+   the second) to its ``RELION_JOB_EXIT_SUCCESS``, per job (by relion_it's name); the second
+   pass's reference rescaling (``relion_image_handler``) counts with RELION's commands; the
+   driver's own time is the run's wall time minus the time spent in RELION's commands
+   (``--addJob`` and the pipeliner runs, ``Progress.relion_seconds``), and the pipeliner's
+   share is the time of its runs minus the jobs' time (starting jobs, noticing their ends);
 2. a second project on the same movies: the run is stopped (``should_stop`` turns true) 3 s
    after Class2D starts, then carried on (finished jobs reused) and stopped 3 s after
-   InitialModel starts; the time from ``should_stop`` first turning true to ``run_driver``
-   returning, with nothing left running in the project, is the driver's share of a stop (a
-   Stop pressed in a web UI adds up to a second for the wrapper to see the request in ISPyB).
+   InitialModel starts, and again 3 s after the second pass's Class2D starts; the time from
+   ``should_stop`` first turning true to ``run_driver`` returning, with nothing left running
+   in the project, is the driver's share of a stop (a Stop pressed in a web UI adds up to a
+   second for the wrapper to see the request in ISPyB).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from relion_zo.devstack.demo import CTFFIND_STANDIN, DEMO_PARAMETERS, DEMO_SITE_
 from relion_zo.relion_it import pipeliner as pl
 from relion_zo.relion_it.calculate import with_calculated
 from relion_zo.relion_it.driver import DriverSettings, processes_in, run_driver
-from relion_zo.relion_it.stages import BatchPlan, check_capabilities, stages
+from relion_zo.relion_it.stages import BatchPlan, check_capabilities, second_pass, stages
 
 GLOB = "Movies/*.mrc"
 
@@ -50,25 +53,42 @@ def settings(project: Path) -> DriverSettings:
                       executables=Executables(ctffind=ctffind))
     check_capabilities(params, site)
     return DriverSettings(project=project, stages=tuple(stages(params, site, GLOB, "")),
-                          movie_glob=GLOB, idle_seconds=0, batches=BatchPlan(params))
+                          movie_glob=GLOB, idle_seconds=0, batches=BatchPlan(params),
+                          second_pass=second_pass(params))
 
 
 def job_seconds(project: Path) -> dict[str, float]:
-    """Seconds per job type: from the pipeliner's "Executing <job>" line (its schedule log,
-    ``pipeline_<schedule>.log``, to the second) to the job's exit file."""
-    started: dict[str, float] = {}
+    """Seconds per job, by relion_it's name, summed over every time a pipeliner ran it (a job
+    of the preprocessing schedule runs once a pass): from its "Executing <job>" line (the
+    schedule's log, ``pipeline_<schedule>.log``, stamped to the second) to the next job's, or
+    for the last job of a run to its exit file (when that run was the job's latest; the
+    earlier last jobs are the split Select job's, under a second each)."""
+    names = {job: name for name, job in pl.read_submitted(project).items()}
+    totals: dict[str, float] = defaultdict(float)
+    runs: list[list[tuple[float, str]]] = []
     for log in project.glob("pipeline_*.log"):
         lines = log.read_text().splitlines()
         for stamp, line in zip(lines, lines[1:]):  # " + <ctime()>" then " ---- Executing <job>"
-            if line.startswith(" ---- Executing ") and stamp.startswith(" + "):
-                started[line.split("Executing ", 1)[1].strip()] = time.mktime(
-                    time.strptime(stamp[3:].strip(), "%a %b %d %H:%M:%S %Y"))
-    totals: dict[str, float] = defaultdict(float)
-    for job in pl.process_names(project):
-        end = project / job / pl.EXIT_SUCCESS
-        if job in started and end.exists():
-            totals[job.split("/")[0]] += end.stat().st_mtime - started[job]
-    return dict(totals)
+            if line.startswith(" Starting a new scheduler"):
+                runs.append([])
+            elif line.startswith(" ---- Executing ") and stamp.startswith(" + ") and runs:
+                runs[-1].append((time.mktime(time.strptime(stamp[3:].strip(),
+                                                           "%a %b %d %H:%M:%S %Y")),
+                                 line.split("Executing ", 1)[1].strip()))
+    latest: dict[str, float] = {}
+    for run in runs:
+        for began, job in run:
+            latest[job] = max(began, latest.get(job, began))
+    for run in runs:
+        for (began, job), (after, _) in zip(run, run[1:]):
+            totals[job] += after - began
+        if run and run[-1][0] == latest[run[-1][1]]:  # the exit file is of this execution
+            began, job = run[-1]
+            end = project / job / pl.EXIT_SUCCESS
+            if end.exists():
+                totals[job] += max(0.0, end.stat().st_mtime - began)
+    return {f"{names.get(job, job)} ({job.split('/')[0]})": seconds
+            for job, seconds in totals.items()}
 
 
 def stop_during(project: Path, label: str, grace: float = 3.0) -> tuple[str, float, int]:
@@ -114,14 +134,14 @@ def main() -> None:
         relion = result.progress.relion_seconds
         print(f"wall {wall:.1f} s; in RELION's commands {relion:.1f} s, of which jobs "
               f"{sum(jobs.values()):.1f} s; outside them (the driver) {wall - relion:.1f} s")
-        for job_type, seconds in jobs.items():
-            print(f"  {job_type:<13} {seconds:6.1f} s")
+        for job, seconds in jobs.items():
+            print(f"  {job:<44} {seconds:6.1f} s")
 
         # The stops: a second project on the same movies
         again = root / "again"
         again.mkdir()
         (again / "Movies").symlink_to(root / "raw")
-        for label in ("Class2D", "InitialModel"):
+        for label in ("Class2D", "InitialModel", "Class2D pass 2"):
             outcome, took, left = stop_during(again, label)
             print(f"stop during {label}: {outcome} {took:.2f} s after the request, "
                   f"{left} processes left")
