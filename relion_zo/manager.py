@@ -38,9 +38,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from relion_zo import programs, status
+from relion_zo import programs, result_rows, status
 from relion_zo.config import SiteConfig
 from relion_zo.errors import InputError, NotFoundError
+from relion_zo.results import JobResults
 from relion_zo.retry import DatabaseUnavailable, retrying
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,35 @@ class JobManager:
             log.warning("program %s: its %s message could not be written: %s", program,
                         severity, " ".join(str(getattr(exc, "orig", None) or exc).split()))
             return False
+
+    def record_results(self, program: int, results: JobResults) -> dict[str, int]:
+        """The job's new result rows (``relion_zo.result_rows``), in one transaction; each
+        written once (natural keys), so a second call with the same results adds nothing.
+        Returns how many rows of each table were added."""
+
+        def work(db: Session) -> dict[str, int]:
+            added: dict[str, int] = {}
+
+            def count(more: dict[str, int]) -> None:
+                for table, n in more.items():
+                    added[table] = added.get(table, 0) + n
+
+            for movie, plot in results.movies:
+                count(result_rows.write_movie(db, program, results.dcid, movie,
+                                              patches=results.patches,
+                                              ctf_search=results.search, drift_plot=plot))
+            for classification, classes in results.classifications:
+                count(result_rows.write_classification(
+                    db, program, classification, classes_in_group=classes,
+                    project=results.project))
+            model = results.initial_model
+            if model is not None:
+                count({"CryoemInitialModel links": result_rows.write_initial_model(
+                    db, program, model.resolution, model.particles, list(model.class3d_jobs),
+                    results.project)})
+            return added
+
+        return self.transaction(f"results of program {program}", work)
 
     def attach(self, program: int, path: Path, file_type: str, rank: int) -> None:
         self.transaction(f"attachment of program {program}", lambda db: programs.attach(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -27,12 +28,13 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from relion_zo import __version__, jobs, project
+from relion_zo import __version__, jobs, project, results
 from relion_zo.config import SiteConfig
 from relion_zo.errors import ForeignJobError, InputError, NotFoundError, RelionZoError
 from relion_zo.manager import JobManager, Outcome
 from relion_zo.movies import MovieChecker
 from relion_zo.paths import open_append
+from relion_zo.relion_it import batches as bt
 from relion_zo.relion_it import options as options_mod
 from relion_zo.relion_it import pipeliner as pl
 from relion_zo.relion_it.calculate import with_calculated
@@ -222,6 +224,115 @@ class _Watch:
             self.stop.request(check.stop_request)
 
 
+PICKER_NAMES = ("autopick_job", "autopick2_job")
+CLASSIFICATIONS = re.compile(r"^(class2d|class3d|class2d_pass2|class3d2)_job_batch_(\d+)$")
+
+
+class _Recorder:
+    """After each pass and batch job: what RELION made that ISPyB does not hold yet, read from
+    the project (``relion_zo.results``) and written by the job manager in one transaction. A
+    write that fails (a database outage) is left for the next look: the rows have natural
+    keys, so nothing is written twice, and RELION goes on."""
+
+    def __init__(self, manager: JobManager, program: int, spec: jobs.JobSpec,
+                 params, config: SiteConfig, project: Path, note):
+        self.manager, self.program, self.note = manager, program, note
+        self.spec, self.params, self.config, self.project = spec, params, config, project
+        self.cache: dict[str, results.MovieResult] = {}
+        self.recorded: dict[str, tuple[bool, int]] = {}  # micrograph -> (CTF, picks) written
+        self.classified: dict[str, int] = {}  # RELION job -> its model file's mtime written
+        self.model_linked: tuple[str, ...] = ()
+        self.failing = False
+
+    def pickers(self) -> dict[str, str]:
+        p, config = self.params, self.config
+        first = (f"crYOLO {Path(config.cryolo_weights or '').name}"
+                 if uses_cryolo(p, config) else "LoG")
+        names = {"autopick_job": first}
+        try:
+            reference = bt.read_reference(self.project)
+        except ValueError:
+            reference = None
+        if reference is not None:
+            names["autopick2_job"] = f"3D reference {reference.map}"
+        return names
+
+    def look(self, project_jobs: dict[str, str]) -> tuple[results.JobResults, list]:
+        p, project = self.params, self.project
+        new_movies = []
+        for movie in results.movies(project, project_jobs, self.pickers(), self.cache):
+            key = movie.micrograph
+            state = (movie.ctf is not None, len(movie.picks))
+            if self.recorded.get(key) == state:
+                continue
+            plot = None
+            if key not in self.recorded and movie.drift:
+                plot = str(results.drift_plot(Path(key).with_name(
+                    Path(key).stem + "_drift_plot.json"), movie.drift))
+            new_movies.append((movie, plot))
+        classified = []
+        for name, job in project_jobs.items():
+            match = CLASSIFICATIONS.match(name)
+            if not match or pl.exit_state(project, job) != "success":
+                continue
+            stamp = (project / job / pl.EXIT_SUCCESS).stat().st_mtime_ns
+            if self.classified.get(job) == stamp:
+                continue
+            kind = "2D" if match.group(1).startswith("class2d") else "3D"
+            found = results.classification(project, job, kind, int(match.group(2)),
+                                           p.symmetry if kind == "3D" else "C1")
+            if found is not None:
+                count = (p.class2d_nr_classes if kind == "2D" else p.class3d_nr_classes)
+                classified.append((found, count, stamp))
+        model = None
+        class3d = tuple(sorted(job for name, job in project_jobs.items()
+                               if name.startswith("class3d_job_batch_")))
+        inimodel = project_jobs.get("inimodel")
+        if (inimodel and class3d and class3d != self.model_linked
+                and pl.exit_state(project, inimodel) == "success"):
+            star = bt.output_model_star(project, inimodel)
+            best = bt.best_class(project, star) if star else None
+            if best is not None:
+                found = results.classification(project, inimodel, "3D", 1, p.symmetry)
+                particles = round(best.distribution * found.particles) if found else 0
+                model = results.InitialModelResult(best.resolution, particles, class3d)
+        return results.JobResults(
+            dcid=self.spec.data_collection_id, project=str(project),
+            patches=(p.motioncor_patches_x, p.motioncor_patches_y),
+            search={"box": p.ctffind_boxsize, "minres": p.ctffind_minres,
+                    "maxres": p.ctffind_maxres, "defocus_min": p.ctffind_defocus_min,
+                    "defocus_max": p.ctffind_defocus_max,
+                    "defocus_step": p.ctffind_defocus_step,
+                    "amplitude_contrast": p.ampl_contrast,
+                    "particle_diameter": p.autopick_LoG_diam_max},
+            movies=tuple(new_movies),
+            classifications=tuple((c, n) for c, n, _ in classified),
+            initial_model=model), classified
+
+    def __call__(self, project_jobs: dict[str, str]) -> None:
+        try:
+            found, classified = self.look(project_jobs)
+            if found.empty():
+                return
+            added = self.manager.record_results(self.program, found)
+        except (RelionZoError, SQLAlchemyError, OSError) as exc:
+            if not self.failing:
+                self.note(f"results not recorded yet, RELION goes on: {type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:200]}")
+            self.failing = True
+            return
+        self.failing = False
+        for movie, _ in found.movies:
+            self.recorded[movie.micrograph] = (movie.ctf is not None, len(movie.picks))
+        for classification, _, stamp in classified:
+            self.classified[classification.job] = stamp
+        if found.initial_model is not None:
+            self.model_linked = found.initial_model.class3d_jobs
+        written = ", ".join(f"{n} {table}" for table, n in added.items() if n)
+        if written:
+            self.note(f"results recorded: {written}")
+
+
 def run_job(
     processing_job_id: int,
     *,
@@ -272,8 +383,11 @@ def run_job(
         manager.attach(program, folder / options_mod.OPTIONS_FILE, "Input", 1)
         watch = _Watch(JobManager(engine, config, retry_seconds=0), program, stop,
                        config.heartbeat_seconds, on_progress, note)
+        recorder = _Recorder(JobManager(engine, config, retry_seconds=0), program, spec,
+                             with_calculated(spec.parameters), config, folder, note)
         result = run_driver(settings, should_stop=watch.should_stop, on_tick=watch.on_tick,
-                            note=note)
+                            note=note, on_results=recorder)
+        recorder(result.jobs)  # what the last pass made, before the final status
         outcome = _outcome(result, stop, processing_job_id)
     except InputError as exc:
         outcome = Outcome("bad_input", str(exc))

@@ -51,7 +51,7 @@ ISPYB_PROCESSING = {("SELECT", "AdminVar"),
     for table in ("AutoProcProgram", "AutoProcProgramAttachment", "ProcessingJob",
                   "ProcessingJobParameter", "Movie", "MotionCorrection", "CTF",
                   "ParticlePicker", "ParticleClassificationGroup", "ParticleClassification",
-                  "CryoemInitialModel")}
+                  "CryoemInitialModel", "ParticleClassification_has_CryoemInitialModel")}
 
 GRANT = re.compile(r"GRANT\s+(?P<privs>.+?)\s+ON\s+(?P<what>(?:PROCEDURE\s+)?\S+)\s+TO\s+(?P<to>\S+)",
                    re.S | re.I)

@@ -13,14 +13,30 @@ project RELION's own tools read.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mrcfile
 import numpy as np
+from ispyb.sqlalchemy import (
+    CTF,
+    AutoProcProgram,
+    MotionCorrection,
+    Movie,
+    ParticleClassification,
+    ParticleClassificationGroup,
+    ParticlePicker,
+)
+from ispyb.sqlalchemy import (
+    t_ParticleClassification_has_CryoemInitialModel as InitialModelLink,
+)
 from runs import job_status, processes_in, site_config, write_site_file
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 from test_ispyb import acquired, pato_status, publish_like_pato, write_ui_job
 from ui_jobs import pato_rows
 
@@ -182,6 +198,8 @@ def test_patos_default_job_runs_relion_its_two_passes_through_stops(
                       / "run_it008_classes.mrcs") as mrc:
         assert mrc.data.shape == (4, 64, 64) and np.isfinite(mrc.data).all()
 
+    _check_results(engine, pjid, dcid, project, submitted)
+
     # RELION's own tools read the project: the pipeline and every job's options
     for star, block in [(pl.PIPELINE_STAR, "data_pipeline_processes")] + [
             (f"{job}job.star", "data_joboptions_values") for job in submitted.values()]:
@@ -197,3 +215,72 @@ def _radius_of_gyration(volume: np.ndarray, angpix: float) -> float:
     weights = mass.reshape(-1)
     centre = (grid * weights[:, None]).sum(axis=0) / weights.sum()
     return float(np.sqrt((((grid - centre) ** 2).sum(axis=1) * weights).sum() / weights.sum()))
+
+
+def _check_results(engine, pjid, dcid, project, submitted) -> None:
+    """ISPyB holds the job's results as a web UI shows them, each once although the job was
+    stopped and resumed three times (each resume a new program), with RELION's values."""
+    with Session(engine) as db:
+        programs = select(AutoProcProgram.autoProcProgramId).where(
+            AutoProcProgram.processingJobId == pjid)
+        movies = db.execute(select(Movie).where(Movie.dataCollectionId == dcid)
+                            .order_by(Movie.movieNumber)).scalars().all()
+        motion = db.execute(select(MotionCorrection).where(
+            MotionCorrection.autoProcProgramId.in_(programs))).scalars().all()
+        ctf = db.execute(select(CTF).where(CTF.autoProcProgramId.in_(programs))).scalars().all()
+        pickers = db.execute(select(ParticlePicker).where(
+            ParticlePicker.programId.in_(programs))).scalars().all()
+        groups = db.execute(select(ParticleClassificationGroup).where(
+            ParticleClassificationGroup.programId.in_(programs))).scalars().all()
+        classes = db.execute(select(ParticleClassification).where(
+            ParticleClassification.particleClassificationGroupId.in_(
+                [g.particleClassificationGroupId for g in groups]))).scalars().all()
+        models = db.execute(select(InitialModelLink.c.cryoemInitialModelId).distinct().where(
+            InitialModelLink.c.particleClassificationId.in_(
+                [c.particleClassificationId for c in classes]))).scalars().all()
+        # PATo's queries for a processing program's results (pato-backend crud/autoproc.py)
+        program = motion[0].autoProcProgramId
+        pato_motion = db.execute(
+            select(MotionCorrection, CTF, Movie).filter(
+                MotionCorrection.autoProcProgramId == program).join(Movie).join(CTF)
+            .order_by(MotionCorrection.imageNumber)).all()
+        pato_ctf = db.execute(
+            select(CTF.estimatedDefocus, ParticlePicker.numberOfParticles,
+                   MotionCorrection.imageNumber)
+            .filter(MotionCorrection.autoProcProgramId == program)
+            .join(CTF).join(ParticlePicker, ParticlePicker.firstMotionCorrectionId
+                            == MotionCorrection.motionCorrectionId)
+            .order_by(MotionCorrection.imageNumber)).all()
+        pato_classes = db.execute(
+            select(ParticleClassificationGroup, ParticleClassification)
+            .filter(ParticleClassificationGroup.programId.in_(programs),
+                    ParticleClassificationGroup.type == "2D")
+            .join(ParticleClassification, isouter=True)
+            .order_by(ParticleClassification.particlesPerClass.desc())).all()
+
+    assert [m.movieNumber for m in movies] == [1, 2, 3]
+    assert [m.movieFullPath for m in movies] == sorted(m.movieFullPath for m in movies)
+    assert len(motion) == 3 and len(ctf) == 3 and len(pato_motion) == 3
+    star = project / submitted["motioncorr_job"] / "corrected_micrographs.star"
+    total = [float(v) for v in pl.star_column(star, "micrographs", "_rlnAccumMotionTotal")]
+    assert sorted(round(m.totalMotion, 3) for m in motion) == sorted(round(t, 3) for t in total)
+    for row in motion:
+        drift = json.loads(Path(row.driftPlotFullPath).read_text())["data"][0]
+        assert len(drift["x"]) == 8 and row.lastFrame == 8
+    star = project / submitted["ctffind_job"] / "micrographs_ctf.star"
+    mean = [(float(u) + float(v)) / 2 for u, v in zip(
+        pl.star_column(star, "micrographs", "_rlnDefocusU"),
+        pl.star_column(star, "micrographs", "_rlnDefocusV"), strict=True)]
+    assert sorted(round(c.estimatedDefocus) for c in ctf) == sorted(round(m) for m in mean)
+    # a picker row per micrograph and picking job: LoG's, then the second pass's reference
+    log_picks = sum(p.numberOfParticles for p in pickers if p.particlePickingTemplate == "LoG")
+    extracted = pl.star_count(project / submitted["extract_job"] / "particles.star",
+                              "particles")
+    assert len(pickers) == 6 and log_picks == extracted
+    assert len(pato_ctf) == 6
+    # a group per Class2D and Class3D job, a row per class; InitialModel's model linked
+    assert sorted((g.type, g.batchNumber) for g in groups) == [("2D", 1), ("2D", 1), ("3D", 1),
+                                                               ("3D", 1)]
+    assert len(classes) == 4 + 4 + 2 + 2 and len(pato_classes) == 8
+    assert all(0 <= c.classDistribution <= 1 for c in classes)
+    assert len(models) == 1

@@ -12,17 +12,27 @@ from pathlib import Path
 import mrcfile
 import yaml
 from ispyb.sqlalchemy import (
+    CTF,
     AutoProcProgram,
     AutoProcProgramAttachment,
     AutoProcProgramMessage,
     BLSession,
+    CryoemInitialModel,
     DataCollection,
     DataCollectionGroup,
+    MotionCorrection,
+    Movie,
+    ParticleClassification,
+    ParticleClassificationGroup,
+    ParticlePicker,
     Person,
     ProcessingJob,
     ProcessingJobImageSweep,
     ProcessingJobParameter,
     Proposal,
+)
+from ispyb.sqlalchemy import (
+    t_ParticleClassification_has_CryoemInitialModel as InitialModelLink,
 )
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
@@ -153,7 +163,23 @@ def remove_visit(db: Session, session_id: int) -> None:
     proposal = db.execute(
         select(BLSession.proposalId).where(BLSession.sessionId == session_id)
     ).scalar()
-    for statement in (
+    groups = select(ParticleClassificationGroup.particleClassificationGroupId).where(
+        ParticleClassificationGroup.programId.in_(apps))
+    classes = select(ParticleClassification.particleClassificationId).where(
+        ParticleClassification.particleClassificationGroupId.in_(groups))
+    models = select(InitialModelLink.c.cryoemInitialModelId).where(
+        InitialModelLink.c.particleClassificationId.in_(classes))
+    model_ids = list(db.execute(models).scalars())
+    for statement in (  # the job's results first (relion_zo.result_rows), then the job
+        delete(InitialModelLink).where(InitialModelLink.c.particleClassificationId.in_(classes)),
+        delete(CryoemInitialModel).where(CryoemInitialModel.cryoemInitialModelId.in_(model_ids)),
+        delete(ParticleClassification).where(
+            ParticleClassification.particleClassificationGroupId.in_(groups)),
+        delete(ParticleClassificationGroup).where(ParticleClassificationGroup.programId.in_(apps)),
+        delete(ParticlePicker).where(ParticlePicker.programId.in_(apps)),
+        delete(CTF).where(CTF.autoProcProgramId.in_(apps)),
+        delete(MotionCorrection).where(MotionCorrection.autoProcProgramId.in_(apps)),
+        delete(Movie).where(Movie.dataCollectionId.in_(dcs)),
         delete(AutoProcProgramAttachment).where(AutoProcProgramAttachment.autoProcProgramId.in_(apps)),
         delete(AutoProcProgramMessage).where(AutoProcProgramMessage.autoProcProgramId.in_(apps)),
         delete(AutoProcProgram).where(AutoProcProgram.processingJobId.in_(pjs)),

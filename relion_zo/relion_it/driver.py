@@ -448,10 +448,12 @@ def movies_on_disk(project: Path, movie_glob: str) -> int:
 class _Run:
     """State of one driver run; all of it dies with the run."""
 
-    def __init__(self, settings: DriverSettings, should_stop, on_tick, note):
+    def __init__(self, settings: DriverSettings, should_stop, on_tick, note,
+                 on_results=lambda jobs: None):
         self.s = settings
         self.should_stop = should_stop
         self.on_tick = on_tick
+        self.on_results = on_results
         self.note = note
         self.progress = Progress()
         self.jobs: dict[str, str] = {}
@@ -717,6 +719,7 @@ class _Run:
             self.tick(force=True)
             self.run_jobs(schedule, [job])
             self.note(f"{stage.label} {where}: {job} done")
+            self.on_results(dict(self.jobs))
         self.progress.batches[stage.label] = where
         return job
 
@@ -853,6 +856,7 @@ class _Run:
                 self.wait_for_movies()
                 before = dict(self.progress.counts)
                 self.run_pass()
+                self.on_results(dict(self.jobs))  # recorded before the beat that reports them
                 self.tick(force=True)
                 self.classify()
                 seen = self.progress.movies_on_disk
@@ -907,8 +911,11 @@ def run_driver(
     should_stop: Callable[[], bool] = lambda: False,
     on_tick: Callable[[Progress], None] = lambda progress: None,
     note: Callable[[str], None] = log.info,
+    on_results: Callable[[dict[str, str]], None] = lambda jobs: None,
 ) -> DriverResult:
-    """Run preprocessing in ``settings.project`` until it finishes, is stopped, or fails."""
+    """Run preprocessing in ``settings.project`` until it finishes, is stopped, or fails.
+    ``on_results(jobs)`` is called with relion_it's names of the project's jobs after each
+    pass and each batch job, before the progress that reports them."""
     try:
         settings.project.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -916,4 +923,4 @@ def run_driver(
         if reason is None:
             raise
         return DriverResult("failed", reason, Progress(), {})
-    return _Run(settings, should_stop, on_tick, note).run()
+    return _Run(settings, should_stop, on_tick, note, on_results).run()

@@ -39,6 +39,16 @@ GRANT SELECT ON ProcessingJob TO relion_zo_processing;
 GRANT SELECT, INSERT ON ProcessingJobParameter TO relion_zo_processing;
 GRANT SELECT, INSERT, UPDATE ON AutoProcProgram TO relion_zo_processing;
 GRANT SELECT, INSERT ON AutoProcProgramAttachment TO relion_zo_processing;
+-- The job's results, as the web UIs read them (relion_zo.result_rows): a row is looked up by
+-- its natural key before it is added, and a batch RELION classifies again is updated.
+GRANT SELECT, INSERT ON Movie TO relion_zo_processing;
+GRANT SELECT, INSERT ON MotionCorrection TO relion_zo_processing;
+GRANT SELECT, INSERT ON CTF TO relion_zo_processing;
+GRANT SELECT, INSERT ON ParticlePicker TO relion_zo_processing;
+GRANT SELECT, INSERT, UPDATE ON ParticleClassificationGroup TO relion_zo_processing;
+GRANT SELECT, INSERT, UPDATE ON ParticleClassification TO relion_zo_processing;
+GRANT SELECT, INSERT ON CryoemInitialModel TO relion_zo_processing;
+GRANT SELECT, INSERT ON ParticleClassification_has_CryoemInitialModel TO relion_zo_processing;
 -- A failure's reason as an AutoProcProgramMessage row: ISPyB lets this role write that table
 -- only through its procedure.
 GRANT EXECUTE ON PROCEDURE upsert_processing_program_message TO relion_zo_processing;
