@@ -172,3 +172,36 @@ def test_each_result_is_written_once_however_often_it_is_recorded(tmp_path, engi
         ).all()
     assert sorted(rows) == [(105, 20.0)] * 4
 
+
+def test_status_summarises_a_jobs_results(tmp_path, engine, processing_engine, claimed, site,
+                                          capsys):
+    """``relion-zo status --job N``, with the processing side's grants: the numbers of what
+    record_results wrote, in three statements."""
+    from runs import write_site_file
+
+    from relion_zo import summary
+    from relion_zo.cli.main import main as cli
+
+    manager, pjid, program, dcid = claimed
+    project = make_project(tmp_path, movies=3)
+    found = results.movies(project, JOBS, {"autopick_job": "LoG"})
+    manager.record_results(program, _job_results(project, dcid, found))
+    with Session(processing_engine) as db:
+        numbers = summary.job_summary(db, pjid)
+    assert (numbers.movies, numbers.ctf) == (3, 3)
+    assert numbers.motion_mean == pytest.approx(5.5) and numbers.motion_p95 == 6.5
+    assert (numbers.defocus_min, numbers.defocus_max) == (19500, 19700)
+    assert numbers.ctf_resolution_median == 6.5
+    assert numbers.particles == {"LoG": 100 + 101 + 102}
+    assert (numbers.classes_2d, numbers.classes_3d) == (0, 0)
+
+    site_file = write_site_file(site, tmp_path / "site.yaml")
+    assert cli(["status", "--config", str(site_file), "--job", str(pjid), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)[0]["results"]
+    assert shown["movies"] == 3 and shown["particles"] == {"LoG": 303}
+    # the job's own raw folder (one movie written now): its movie is newer than any processed
+    assert shown["lag_seconds"] is not None and shown["lag_seconds"] >= 0
+    assert cli(["status", "--config", str(site_file), "--job", str(pjid)]) == 0
+    text = capsys.readouterr().out
+    assert "movies      3 motion-corrected; motion mean 5.50, 95th percentile 6.50" in text
+    assert "particles   303 (LoG)" in text
