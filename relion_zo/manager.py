@@ -213,10 +213,8 @@ class JobManager:
                 for table, n in more.items():
                     added[table] = added.get(table, 0) + n
 
-            for movie, plot in results.movies:
-                count(result_rows.write_movie(db, program, results.dcid, movie,
-                                              patches=results.patches,
-                                              ctf_search=results.search, drift_plot=plot))
+            count(result_rows.write_movies(db, program, results.dcid, list(results.movies),
+                                           patches=results.patches, ctf_search=results.search))
             for classification, classes in results.classifications:
                 count(result_rows.write_classification(
                     db, program, classification, classes_in_group=classes,

@@ -82,60 +82,108 @@ def _key(db: Session, stmt) -> int:
     return db.execute(stmt).inserted_primary_key[0]
 
 
-def write_movie(db: Session, program: int, dcid: int, result: MovieResult, *,
-                patches: tuple[int, int], ctf_search: dict[str, float],
-                drift_plot: str | None) -> dict[str, int]:
-    """The rows of one movie that are not there yet; returns how many of each were added."""
+CHUNK = 1000  # values in one IN list or multi-row INSERT
+
+
+def _chunks(items: list, size: int = CHUNK):
+    for first in range(0, len(items), size):
+        yield items[first:first + size]
+
+
+def write_movies(db: Session, program: int, dcid: int,
+                 movies: list[tuple[MovieResult, str | None]], *, patches: tuple[int, int],
+                 ctf_search: dict[str, float]) -> dict[str, int]:
+    """The rows of ``movies`` (each with its drift plot's path) that are not there yet, a
+    handful of statements whatever their number: existing rows looked up with one IN list per
+    table, new ones added with multi-row INSERTs. Returns how many of each were added."""
     added = {"Movie": 0, "MotionCorrection": 0, "CTF": 0, "ParticlePicker": 0}
-    movie = db.execute(select(Movie.movieId).where(
-        Movie.dataCollectionId == dcid, Movie.movieFullPath == _path(result.movie))).scalar()
-    if movie is None:
-        movie = _key(db, insert(Movie).values(
-            dataCollectionId=dcid, movieNumber=result.number,
-            movieFullPath=_path(result.movie), createdTimeStamp=result.created,
-            numberOfFrames=result.frames))
-        added["Movie"] += 1
-    motion = db.execute(select(MotionCorrection.motionCorrectionId).where(
-        MotionCorrection.movieId == movie,
-        MotionCorrection.autoProcProgramId.in_(_programs(db, program)))).scalar()
-    if motion is None:
-        motion = _key(db, insert(MotionCorrection).values(
-            dataCollectionId=dcid, autoProcProgramId=program, movieId=movie,
-            imageNumber=result.number, firstFrame=result.first_frame,
-            lastFrame=result.last_frame, dosePerFrame=_number(result.dose_per_frame),
-            totalMotion=_number(result.total_motion),
-            averageMotionPerFrame=_number(result.average_motion_per_frame),
-            micrographFullPath=_path(result.micrograph), driftPlotFullPath=_path(drift_plot),
-            patchesUsedX=patches[0], patchesUsedY=patches[1],
-            comments=f"early motion {result.early_motion:.3f}, late {result.late_motion:.3f}"
-                     " (RELION's rlnAccumMotionEarly/Late, pixels)"))
-        added["MotionCorrection"] += 1
-    ctf = result.ctf
-    if ctf is not None and db.execute(select(CTF.ctfId).where(
-            CTF.motionCorrectionId == motion)).scalar() is None:
-        db.execute(insert(CTF).values(
-            motionCorrectionId=motion, autoProcProgramId=program,
-            boxSizeX=ctf_search["box"], boxSizeY=ctf_search["box"],
-            minResolution=ctf_search["minres"], maxResolution=ctf_search["maxres"],
-            minDefocus=ctf_search["defocus_min"], maxDefocus=ctf_search["defocus_max"],
-            defocusStepSize=ctf_search["defocus_step"],
-            astigmatism=_number(ctf.astigmatism), astigmatismAngle=_number(ctf.angle),
-            estimatedResolution=_number(ctf.resolution), estimatedDefocus=_number(ctf.defocus),
-            amplitudeContrast=ctf_search["amplitude_contrast"],
-            ccValue=_number(ctf.figure_of_merit), fftTheoreticalFullPath=_path(ctf.image)))
-        added["CTF"] += 1
-    for pick in result.picks:
-        template = storable(pick.picker)[:PATH_LENGTH]
-        known = db.execute(select(ParticlePicker.particlePickerId).where(
-            ParticlePicker.firstMotionCorrectionId == motion,
-            ParticlePicker.particlePickingTemplate == template)).scalar()
-        if known is None:
-            db.execute(insert(ParticlePicker).values(
-                programId=program, firstMotionCorrectionId=motion,
-                particlePickingTemplate=template,
-                particleDiameter=ctf_search["particle_diameter"],
-                numberOfParticles=pick.particles))
-            added["ParticlePicker"] += 1
+    movies = [(m, plot) for m, plot in movies if _path(m.movie) is not None]
+    if not movies:
+        return added
+    paths = [_path(m.movie) for m, _ in movies]
+
+    def movie_ids() -> dict[str, int]:
+        found: dict[str, int] = {}
+        for chunk in _chunks(paths):
+            found.update(db.execute(select(Movie.movieFullPath, Movie.movieId).where(
+                Movie.dataCollectionId == dcid, Movie.movieFullPath.in_(chunk))).all())
+        return found
+
+    ids = movie_ids()
+    new = [dict(dataCollectionId=dcid, movieNumber=m.number, movieFullPath=path,
+                createdTimeStamp=m.created, numberOfFrames=m.frames)
+           for (m, _), path in zip(movies, paths, strict=True) if path not in ids]
+    for chunk in _chunks(new):
+        db.execute(insert(Movie), chunk)
+    if new:
+        added["Movie"] = len(new)
+        ids = movie_ids()
+
+    programs = _programs(db, program)
+
+    def motion_ids() -> dict[int, int]:
+        found: dict[int, int] = {}
+        for chunk in _chunks(list(ids.values())):
+            found.update(db.execute(select(MotionCorrection.movieId,
+                                           MotionCorrection.motionCorrectionId).where(
+                MotionCorrection.movieId.in_(chunk),
+                MotionCorrection.autoProcProgramId.in_(programs))).all())
+        return found
+
+    motion = motion_ids()
+    new = [dict(dataCollectionId=dcid, autoProcProgramId=program, movieId=ids[path],
+                imageNumber=m.number, firstFrame=m.first_frame, lastFrame=m.last_frame,
+                dosePerFrame=_number(m.dose_per_frame), totalMotion=_number(m.total_motion),
+                averageMotionPerFrame=_number(m.average_motion_per_frame),
+                micrographFullPath=_path(m.micrograph), driftPlotFullPath=_path(plot),
+                patchesUsedX=patches[0], patchesUsedY=patches[1],
+                comments=f"early motion {m.early_motion:.3f}, late {m.late_motion:.3f}"
+                         " (RELION's rlnAccumMotionEarly/Late, pixels)")
+           for (m, plot), path in zip(movies, paths, strict=True) if ids[path] not in motion]
+    for chunk in _chunks(new):
+        db.execute(insert(MotionCorrection), chunk)
+    if new:
+        added["MotionCorrection"] = len(new)
+        motion = motion_ids()
+
+    mcs = {path: motion[ids[path]] for path in paths}
+    with_ctf, picked = set(), set()
+    for chunk in _chunks(list(mcs.values())):
+        with_ctf.update(db.execute(select(CTF.motionCorrectionId).where(
+            CTF.motionCorrectionId.in_(chunk))).scalars())
+        picked.update(db.execute(select(ParticlePicker.firstMotionCorrectionId,
+                                        ParticlePicker.particlePickingTemplate).where(
+            ParticlePicker.firstMotionCorrectionId.in_(chunk))).all())
+    ctfs, pickers = [], []
+    for (m, _), path in zip(movies, paths, strict=True):
+        mc = mcs[path]
+        ctf = m.ctf
+        if ctf is not None and mc not in with_ctf:
+            ctfs.append(dict(
+                motionCorrectionId=mc, autoProcProgramId=program,
+                boxSizeX=ctf_search["box"], boxSizeY=ctf_search["box"],
+                minResolution=ctf_search["minres"], maxResolution=ctf_search["maxres"],
+                minDefocus=ctf_search["defocus_min"], maxDefocus=ctf_search["defocus_max"],
+                defocusStepSize=ctf_search["defocus_step"],
+                astigmatism=_number(ctf.astigmatism), astigmatismAngle=_number(ctf.angle),
+                estimatedResolution=_number(ctf.resolution),
+                estimatedDefocus=_number(ctf.defocus),
+                amplitudeContrast=ctf_search["amplitude_contrast"],
+                ccValue=_number(ctf.figure_of_merit), fftTheoreticalFullPath=_path(ctf.image)))
+        for pick in m.picks:
+            template = storable(pick.picker)[:PATH_LENGTH]
+            if (mc, template) not in picked:
+                picked.add((mc, template))
+                pickers.append(dict(
+                    programId=program, firstMotionCorrectionId=mc,
+                    particlePickingTemplate=template,
+                    particleDiameter=ctf_search["particle_diameter"],
+                    numberOfParticles=pick.particles))
+    for chunk in _chunks(ctfs):
+        db.execute(insert(CTF), chunk)
+    for chunk in _chunks(pickers):
+        db.execute(insert(ParticlePicker), chunk)
+    added["CTF"], added["ParticlePicker"] = len(ctfs), len(pickers)
     return added
 
 
