@@ -56,7 +56,7 @@ def job_results(dcid: int, numbers: range, classes: bool) -> results.JobResults:
         search={"box": 512, "minres": 30, "maxres": 5, "defocus_min": 5000,
                 "defocus_max": 50000, "defocus_step": 500, "amplitude_contrast": 0.1,
                 "particle_diameter": 180},
-        movies=tuple((movie(n), None) for n in numbers),
+        movies=tuple((movie(n), results.MovieFiles()) for n in numbers),
         classifications=((classification, 50),) if classes else ())
 
 

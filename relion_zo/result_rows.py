@@ -36,7 +36,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from relion_zo.latin1 import storable
-from relion_zo.results import ClassificationResult, MovieResult
+from relion_zo.results import ClassificationResult, MovieFiles, MovieResult
 
 PATH_LENGTH = 255  # the *FullPath columns
 
@@ -91,13 +91,13 @@ def _chunks(items: list, size: int = CHUNK):
 
 
 def write_movies(db: Session, program: int, dcid: int,
-                 movies: list[tuple[MovieResult, str | None]], *, patches: tuple[int, int],
+                 movies: list[tuple[MovieResult, MovieFiles]], *, patches: tuple[int, int],
                  ctf_search: dict[str, float]) -> dict[str, int]:
-    """The rows of ``movies`` (each with its drift plot's path) that are not there yet, a
+    """The rows of ``movies`` (each with its pictures) that are not there yet, a
     handful of statements whatever their number: existing rows looked up with one IN list per
     table, new ones added with multi-row INSERTs. Returns how many of each were added."""
     added = {"Movie": 0, "MotionCorrection": 0, "CTF": 0, "ParticlePicker": 0}
-    movies = [(m, plot) for m, plot in movies if _path(m.movie) is not None]
+    movies = [(m, files) for m, files in movies if _path(m.movie) is not None]
     if not movies:
         return added
     paths = [_path(m.movie) for m, _ in movies]
@@ -135,11 +135,13 @@ def write_movies(db: Session, program: int, dcid: int,
                 imageNumber=m.number, firstFrame=m.first_frame, lastFrame=m.last_frame,
                 dosePerFrame=_number(m.dose_per_frame), totalMotion=_number(m.total_motion),
                 averageMotionPerFrame=_number(m.average_motion_per_frame),
-                micrographFullPath=_path(m.micrograph), driftPlotFullPath=_path(plot),
+                micrographFullPath=_path(m.micrograph),
+                micrographSnapshotFullPath=_path(files.snapshot),
+                driftPlotFullPath=_path(files.drift_plot),
                 patchesUsedX=patches[0], patchesUsedY=patches[1],
                 comments=f"early motion {m.early_motion:.3f}, late {m.late_motion:.3f}"
                          " (RELION's rlnAccumMotionEarly/Late, pixels)")
-           for (m, plot), path in zip(movies, paths, strict=True) if ids[path] not in motion]
+           for (m, files), path in zip(movies, paths, strict=True) if ids[path] not in motion]
     for chunk in _chunks(new):
         db.execute(insert(MotionCorrection), chunk)
     if new:
@@ -155,7 +157,7 @@ def write_movies(db: Session, program: int, dcid: int,
                                         ParticlePicker.particlePickingTemplate).where(
             ParticlePicker.firstMotionCorrectionId.in_(chunk))).all())
     ctfs, pickers = [], []
-    for (m, _), path in zip(movies, paths, strict=True):
+    for (m, files), path in zip(movies, paths, strict=True):
         mc = mcs[path]
         ctf = m.ctf
         if ctf is not None and mc not in with_ctf:
@@ -169,7 +171,8 @@ def write_movies(db: Session, program: int, dcid: int,
                 estimatedResolution=_number(ctf.resolution),
                 estimatedDefocus=_number(ctf.defocus),
                 amplitudeContrast=ctf_search["amplitude_contrast"],
-                ccValue=_number(ctf.figure_of_merit), fftTheoreticalFullPath=_path(ctf.image)))
+                ccValue=_number(ctf.figure_of_merit),
+                fftTheoreticalFullPath=_path(files.ctf_image or ctf.image)))
         for pick in m.picks:
             template = storable(pick.picker)[:PATH_LENGTH]
             if (mc, template) not in picked:

@@ -253,6 +253,15 @@ def drift_plot(path: Path, drift: tuple[tuple[float, float], ...]) -> Path:
 
 
 @dataclass(frozen=True)
+class MovieFiles:
+    """The pictures made for one movie's rows (``relion_zo.images``), None where not made."""
+
+    drift_plot: str | None = None
+    snapshot: str | None = None
+    ctf_image: str | None = None
+
+
+@dataclass(frozen=True)
 class InitialModelResult:
     resolution: float  # of InitialModel's best class (relion_it's choice)
     particles: int  # its share of the batch
@@ -270,7 +279,7 @@ class JobResults:
     # CTFFIND's search (box, minres, maxres, defocus_min/max/step), the amplitude contrast and
     # the particle diameter (Å) the pickers were given
     search: dict[str, float]
-    movies: tuple[tuple[MovieResult, str | None], ...] = ()  # with its drift plot's path
+    movies: tuple[tuple[MovieResult, MovieFiles], ...] = ()  # with its pictures
     classifications: tuple[tuple[ClassificationResult, int], ...] = ()  # with the class count
     initial_model: InitialModelResult | None = None
 

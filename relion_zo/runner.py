@@ -28,7 +28,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from relion_zo import __version__, jobs, project, results
+from relion_zo import __version__, images, jobs, project, results
 from relion_zo.config import SiteConfig
 from relion_zo.errors import ForeignJobError, InputError, NotFoundError, RelionZoError
 from relion_zo.manager import JobManager, Outcome
@@ -257,6 +257,30 @@ class _Recorder:
             names["autopick2_job"] = f"3D reference {reference.map}"
         return names
 
+    def pictures(self, movie: results.MovieResult) -> results.MovieFiles:
+        """The drift plot, the micrograph's snapshot and the CTF fit's picture, beside
+        RELION's files; each made once (a picture that cannot be made is left out)."""
+        micrograph = Path(movie.micrograph)
+        wanted = {
+            "drift_plot": (micrograph.with_name(micrograph.stem + "_drift_plot.json"),
+                           lambda out: results.drift_plot(out, movie.drift), bool(movie.drift)),
+            "snapshot": (micrograph.with_name(micrograph.stem + "_snapshot.png"),
+                         lambda out: images.snapshot(micrograph, out), True),
+        }
+        if movie.ctf is not None:
+            diagnostic = Path(movie.ctf.image)
+            wanted["ctf_image"] = (diagnostic.with_name(diagnostic.stem + "_ctf.png"),
+                                   lambda out: images.ctf_image(diagnostic, out), True)
+        made = {}
+        for name, (out, make, possible) in wanted.items():
+            if not possible:
+                continue
+            try:
+                made[name] = str(out if out.exists() else make(out))
+            except (OSError, ValueError) as exc:
+                log.warning("no %s for %s: %s", name, micrograph.name, exc)
+        return results.MovieFiles(**made)
+
     def look(self, project_jobs: dict[str, str]) -> tuple[results.JobResults, list]:
         p, project = self.params, self.project
         new_movies = []
@@ -265,11 +289,7 @@ class _Recorder:
             state = (movie.ctf is not None, len(movie.picks))
             if self.recorded.get(key) == state:
                 continue
-            plot = None
-            if key not in self.recorded and movie.drift:
-                plot = str(results.drift_plot(Path(key).with_name(
-                    Path(key).stem + "_drift_plot.json"), movie.drift))
-            new_movies.append((movie, plot))
+            new_movies.append((movie, self.pictures(movie)))
         classified = []
         for name, job in project_jobs.items():
             match = CLASSIFICATIONS.match(name)

@@ -267,6 +267,10 @@ def _check_results(engine, pjid, dcid, project, submitted) -> None:
     for row in motion:
         drift = json.loads(Path(row.driftPlotFullPath).read_text())["data"][0]
         assert len(drift["x"]) == 8 and row.lastFrame == 8
+        assert Path(row.micrographSnapshotFullPath).read_bytes()[:4] == b"\x89PNG"
+    for row in ctf:
+        assert row.fftTheoreticalFullPath.endswith("_ctf.png")
+        assert Path(row.fftTheoreticalFullPath).read_bytes()[:4] == b"\x89PNG"
     star = project / submitted["ctffind_job"] / "micrographs_ctf.star"
     mean = [(float(u) + float(v)) / 2 for u, v in zip(
         pl.star_column(star, "micrographs", "_rlnDefocusU"),

@@ -115,7 +115,8 @@ def _job_results(project, dcid, movies, classifications=()):
         search={"box": 512, "minres": 30, "maxres": 5, "defocus_min": 5000,
                 "defocus_max": 50000, "defocus_step": 500, "amplitude_contrast": 0.1,
                 "particle_diameter": 180},
-        movies=tuple((m, None) for m in movies), classifications=tuple(classifications))
+        movies=tuple((m, results.MovieFiles()) for m in movies),
+        classifications=tuple(classifications))
 
 
 @pytest.fixture
@@ -205,3 +206,47 @@ def test_status_summarises_a_jobs_results(tmp_path, engine, processing_engine, c
     text = capsys.readouterr().out
     assert "movies      3 motion-corrected; motion mean 5.50, 95th percentile 6.50" in text
     assert "particles   303 (LoG)" in text
+
+
+def _png(path):
+    """(width, height, pixels) of an 8-bit greyscale PNG, decoded here."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    assert (depth, colour) == (8, 0)
+    idat = b""
+    position = 8
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        if kind == b"IDAT":
+            idat += data[position + 8:position + 8 + length]
+        position += 12 + length
+    rows = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(height, width + 1)
+    assert not rows[:, 0].any()  # no row filter
+    return width, height, rows[:, 1:]
+
+
+def test_pictures_are_pngs_of_the_micrograph_and_the_ctf_fit(tmp_path):
+    import mrcfile
+    import numpy as np
+
+    from relion_zo import images
+
+    ramp = np.add.outer(np.arange(1024), np.arange(1024)).astype(np.float32)
+    with mrcfile.new(tmp_path / "m.mrc") as mrc:
+        mrc.set_data(ramp)
+    width, height, pixels = _png(images.snapshot(tmp_path / "m.mrc", tmp_path / "m.png"))
+    assert (width, height) == (512, 512)
+    assert pixels[0, 0] == 0 and pixels[-1, -1] == 255  # dark to light, as the ramp
+    assert (np.diff(pixels[0].astype(int)) >= 0).all()
+    with mrcfile.new(tmp_path / "d.ctf") as mrc:  # CTFFIND's diagnostic: an MRC stack
+        mrc.set_data(np.stack([ramp[:256, :256], np.zeros((256, 256), np.float32)]))
+    width, height, _ = _png(images.ctf_image(tmp_path / "d.ctf", tmp_path / "d.png"))
+    assert (width, height) == (256, 256)
+    with pytest.raises(ValueError):
+        images.png_bytes(np.zeros((2, 2, 3), np.uint8))
