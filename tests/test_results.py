@@ -250,3 +250,57 @@ def test_pictures_are_pngs_of_the_micrograph_and_the_ctf_fit(tmp_path):
     assert (width, height) == (256, 256)
     with pytest.raises(ValueError):
         images.png_bytes(np.zeros((2, 2, 3), np.uint8))
+
+
+def test_the_report_is_one_self_contained_page(tmp_path, engine, processing_engine, claimed,
+                                               site, capsys):
+    """``relion-zo report N``: made from ISPyB and the project, its plots and class averages
+    embedded as PNG; no link to any other file."""
+    import base64
+    import re
+
+    import mrcfile
+    import numpy as np
+    from runs import write_site_file
+
+    from relion_zo.cli.main import main as cli
+
+    manager, pjid, program, dcid = claimed
+    project = make_project(site.data_roots[0] / "report", movies=3)
+    for number in range(1, 4):  # the micrographs, for the throughput plot's times
+        (project / f"MotionCorr/job002/Movies/m{number}.mrc").write_bytes(b"micrograph")
+    stack = project / "Class2D/job007/run_it008_classes.mrcs"
+    stack.parent.mkdir(parents=True)
+    with mrcfile.new(stack) as mrc:
+        mrc.set_data(np.random.default_rng(1).normal(size=(2, 32, 32)).astype(np.float32))
+    classes = results.ClassificationResult("Class2D/job007/", "2D", 1, 300, 3.0, "C1", (
+        results.ClassResult(1, f"1@{stack}", 0.7, 9.0, 3.9, 24.0, 1.0),
+        results.ClassResult(2, f"2@{stack}", 0.3, 9.0, 3.9, 28.0, 1.0)))
+    manager.record_results(program, _job_results(
+        project, dcid, results.movies(project, JOBS, {"autopick_job": "LoG"}),
+        [(classes, 2)]))
+    manager.attach(program, project / "relion_it_options.py", "Input", 1)
+    site_file = write_site_file(site, tmp_path / "site.yaml")
+    out = tmp_path / "report.html"
+    assert cli(["report", "--config", str(site_file), str(pjid), "--output", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    page = out.read_text()
+    assert f"RELION processing job {pjid}" in page
+    for section in ("Summary", "Pre-processing", "2D classes, batch 1 (300 particles)",
+                    "Parameters"):
+        assert section in page, section
+    for title in ("Motion over time", "Defocus over time", "CTF resolution",
+                  "Particles per micrograph", "Throughput and backlog"):
+        assert f"<figcaption>{title}</figcaption>" in page, title
+    pictures = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(pictures) == 5 + 2
+    assert all(base64.b64decode(p)[:4] == b"\x89PNG" for p in pictures)
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing outside the page
+    assert "303 (LoG)" in page
+    # the page is made again at any time; into the project by default, replaced each time
+    assert cli(["report", "--config", str(site_file), str(pjid)]) == 0
+    assert (project / "relion_zo_report.html").read_text().startswith("<!DOCTYPE html>")
+    assert cli(["report", "--config", str(site_file), str(pjid)]) == 0
+    # an existing file is never written over
+    assert cli(["report", "--config", str(site_file), str(pjid), "--output", str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err

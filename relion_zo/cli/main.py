@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dispatcher": ("relion_zo.cli.worker", "turn processing_recipe requests into recipe steps"),
     "reap": ("relion_zo.cli.reap", "record a failure for jobs whose heartbeat stopped"),
     "status": ("relion_zo.cli.status", "job states by job id, data collection or visit"),
+    "report": ("relion_zo.cli.report", "a job's results as one HTML page (plots, 2D classes)"),
     "stack": ("relion_zo.cli.stack", "start or stop the local MariaDB and RabbitMQ"),
     "demo-data": ("relion_zo.cli.demo_data", "seed a demo visit with synthetic movies"),
     "demo": ("relion_zo.cli.demo", "the whole demo on the local stack"),
