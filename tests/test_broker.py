@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -287,8 +288,14 @@ def test_the_demo_runs_end_to_end_through_the_broker(engine, tmp_path, services,
                     "--movies", "2"]) == 0
         out = capsys.readouterr().out
         assert "success (Import 2, MotionCorr 2/2, CtfFind 2/2, AutoPick 2/2 (" in out
-        assert out.rstrip().splitlines()[-1].endswith("Class2D batch 1 of 1")
-        assert out.rstrip().splitlines()[-1].split()[2] == "success"
+        lines = out.rstrip().splitlines()
+        table = lines[lines.index("== status") + 2]  # the job's row, after the header
+        assert table.endswith("Class2D batch 1 of 1") and table.split()[2] == "success"
+        # its results in ISPyB, in numbers, and its report
+        assert "movies      2 motion-corrected;" in out and "classes     4 2D, 0 3D" in out
+        report = Path(lines[-1])
+        assert report.name == "relion_zo_report.html"
+        assert "2D classes, batch 1" in report.read_text()
     finally:
         with Session(engine) as db:
             remove_visit(db, find_visit(db, visit).session_id)

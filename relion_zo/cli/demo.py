@@ -3,8 +3,9 @@
 Brings the local MariaDB and RabbitMQ up, starts relion_zo's dispatcher and a relion_zo worker,
 seeds a demo visit with synthetic movies and presses Start for it: the message goes through
 RabbitMQ to the worker, which runs the job with real RELION (relion_it's two passes)
-while the demo follows the job's state in ISPyB, then prints the visit's status table and
-stops the services. ``--foreground`` runs the job in this process instead (``relion-zo run``,
+while the demo follows the job's state in ISPyB, then prints the visit's status table, the
+job's results in numbers and the path of its report (``relion-zo report``), and stops the
+services. ``--foreground`` runs the job in this process instead (``relion-zo run``,
 no broker). Run it again and it processes the same movies as a new job.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from relion_zo import broker, control, jobs
+from relion_zo.cli import report as report_cli
 from relion_zo.cli import run as run_cli
 from relion_zo.cli import status as status_cli
 from relion_zo.cli.common import Parser, guarded
@@ -114,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             code = 0 if final == "success" else 1
         print("== status")
         status_code = status_cli.main(config + ["--visit", demo.visit])
-        return code or status_code
+        print(f"== job {pjid}'s results in ISPyB (relion-zo status --job {pjid})")
+        status_code = status_cli.main(config + ["--job", str(pjid)]) or status_code
+        print(f"== its report (relion-zo report {pjid}), to open in a browser")
+        report_code = report_cli.main(config + [str(pjid)])
+        return code or status_code or report_code
 
     return guarded(body)
