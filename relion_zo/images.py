@@ -1,6 +1,7 @@
-"""Pictures of a job's results for the web UIs: a motion-corrected micrograph's snapshot and
-the CTF fit's diagnostic spectrum, as 8-bit greyscale PNG files beside RELION's own outputs,
-their paths in ISPyB's rows (``micrographSnapshotFullPath``, ``fftTheoreticalFullPath``).
+"""Pictures of a job's results for the web UIs: a motion-corrected micrograph's snapshot, the
+CTF fit's diagnostic spectrum and each 2D class average, as 8-bit greyscale PNG files beside
+RELION's own outputs, their paths in ISPyB's rows (``micrographSnapshotFullPath``,
+``fftTheoreticalFullPath``, ``classImageFullPath``).
 
 Images are read with ``mrcfile``; PNG is written here with ``zlib`` (a greyscale PNG is a
 header, the rows deflated and a trailer), so no imaging library is needed.
@@ -76,3 +77,13 @@ def ctf_image(diagnostic: Path, out: Path) -> Path:
     if data.ndim == 3:
         data = data[0]
     return _write(out, to_uint8(data, (1.0, 99.0)))
+
+
+def class_average(stack: Path, index: int, out: Path, size: int = 96) -> Path:
+    """One 2D class average (image ``index``, from 1, of RELION's ``classes.mrcs``), enlarged
+    to about ``size`` pixels."""
+    with mrcfile.mmap(stack, permissive=True) as mrc:
+        data = np.asarray(mrc.data[index - 1], dtype=np.float32)
+    tile = to_uint8(data, (1.0, 99.0))
+    factor = max(1, size // max(tile.shape))
+    return _write(out, np.kron(tile, np.ones((factor, factor), np.uint8)))

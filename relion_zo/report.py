@@ -203,7 +203,13 @@ def _plots(data: ReportData) -> list[tuple[str, str]]:
 
 
 def _class_tile(image: str | None) -> bytes | None:
-    """A 2D class average (``n@stack.mrcs``) as PNG, or None when it cannot be read."""
+    """A 2D class average as PNG (its picture, or image ``n`` of ``n@stack.mrcs``), or None
+    when it cannot be read."""
+    if image and image.endswith(".png"):
+        try:
+            return Path(image).read_bytes()
+        except OSError:
+            return None
     if not image or "@" not in image:
         return None
     index, stack = image.split("@", 1)

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -281,6 +281,19 @@ class _Recorder:
                 log.warning("no %s for %s: %s", name, micrograph.name, exc)
         return results.MovieFiles(**made)
 
+    def class_picture(self, image: str) -> str:
+        """A 2D class average (``n@stack``) as a PNG beside its stack, which the web UIs can
+        show; the ``n@stack`` name itself where the picture cannot be made."""
+        index, _, stack = image.partition("@")
+        if not stack or not index.isdigit():
+            return image
+        out = Path(stack).with_name(f"{Path(stack).stem}_{int(index)}.png")
+        try:
+            return str(images.class_average(Path(stack), int(index), out))
+        except (OSError, ValueError, IndexError) as exc:
+            log.warning("no picture of class %s: %s", image, exc)
+            return image
+
     def look(self, project_jobs: dict[str, str]) -> tuple[results.JobResults, list]:
         p, project = self.params, self.project
         new_movies = []
@@ -301,6 +314,9 @@ class _Recorder:
             kind = "2D" if match.group(1).startswith("class2d") else "3D"
             found = results.classification(project, job, kind, int(match.group(2)),
                                            p.symmetry if kind == "3D" else "C1")
+            if found is not None and kind == "2D":
+                found = replace(found, classes=tuple(
+                    replace(c, image=self.class_picture(c.image)) for c in found.classes))
             if found is not None:
                 count = (p.class2d_nr_classes if kind == "2D" else p.class3d_nr_classes)
                 classified.append((found, count, stamp))

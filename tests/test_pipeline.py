@@ -287,4 +287,8 @@ def _check_results(engine, pjid, dcid, project, submitted) -> None:
                                                                ("3D", 1)]
     assert len(classes) == 4 + 4 + 2 + 2 and len(pato_classes) == 8
     assert all(0 <= c.classDistribution <= 1 for c in classes)
+    kinds = {g.particleClassificationGroupId: g.type for g in groups}
+    for c in classes:  # a 2D average as a picture the web UIs show; a 3D class as its map
+        suffix = ".png" if kinds[c.particleClassificationGroupId] == "2D" else ".mrc"
+        assert c.classImageFullPath.endswith(suffix) and Path(c.classImageFullPath).is_file()
     assert len(models) == 1

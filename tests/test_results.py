@@ -250,6 +250,11 @@ def test_pictures_are_pngs_of_the_micrograph_and_the_ctf_fit(tmp_path):
     assert (width, height) == (256, 256)
     with pytest.raises(ValueError):
         images.png_bytes(np.zeros((2, 2, 3), np.uint8))
+    with mrcfile.new(tmp_path / "classes.mrcs") as mrc:  # RELION's 2D class averages
+        mrc.set_data(np.stack([ramp[:48, :48], -ramp[:48, :48]]))
+    width, height, pixels = _png(images.class_average(tmp_path / "classes.mrcs", 2,
+                                                      tmp_path / "c2.png"))
+    assert (width, height) == (96, 96) and pixels[0, 0] == 255  # the second, inverted
 
 
 def test_the_report_is_one_self_contained_page(tmp_path, engine, processing_engine, claimed,
