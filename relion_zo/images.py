@@ -87,3 +87,27 @@ def class_average(stack: Path, index: int, out: Path, size: int = 96) -> Path:
     tile = to_uint8(data, (1.0, 99.0))
     factor = max(1, size // max(tile.shape))
     return _write(out, np.kron(tile, np.ones((factor, factor), np.uint8)))
+
+
+def picks(micrograph: Path, coordinates: list[tuple[float, float]], diameter_px: float,
+          out: Path, size: int = SNAPSHOT_SIZE) -> Path:
+    """The micrograph's snapshot with a white ring around each pick (``coordinates`` in the
+    micrograph's pixels, ``diameter_px`` the particle's diameter in them)."""
+    with mrcfile.open(micrograph, permissive=True) as mrc:
+        data = np.asarray(mrc.data, dtype=np.float32)
+    if data.ndim == 3:
+        data = data[0]
+    factor = max(1, int(np.ceil(max(data.shape) / size)))
+    image = to_uint8(binned(data, size))
+    radius = max(2.0, diameter_px / 2 / factor)
+    reach = int(np.ceil(radius)) + 1
+    offsets = np.arange(-reach, reach + 1)
+    dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
+    ring = np.abs(np.hypot(dy, dx) - radius) < 0.75
+    ys, xs = dy[ring], dx[ring]
+    for x, y in coordinates:
+        rows = np.round(y / factor).astype(int) + ys
+        cols = np.round(x / factor).astype(int) + xs
+        keep = (rows >= 0) & (rows < image.shape[0]) & (cols >= 0) & (cols < image.shape[1])
+        image[rows[keep], cols[keep]] = 255
+    return _write(out, image)

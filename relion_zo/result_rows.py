@@ -181,7 +181,8 @@ def write_movies(db: Session, program: int, dcid: int,
                     programId=program, firstMotionCorrectionId=mc,
                     particlePickingTemplate=template,
                     particleDiameter=ctf_search["particle_diameter"],
-                    numberOfParticles=pick.particles))
+                    numberOfParticles=pick.particles,
+                    summaryImageFullPath=_path(dict(files.picks).get(pick.job))))
     for chunk in _chunks(ctfs):
         db.execute(insert(CTF), chunk)
     for chunk in _chunks(pickers):

@@ -259,6 +259,7 @@ class MovieFiles:
     drift_plot: str | None = None
     snapshot: str | None = None
     ctf_image: str | None = None
+    picks: tuple[tuple[str, str], ...] = ()  # (picking job, its picture)
 
 
 @dataclass(frozen=True)
@@ -285,3 +286,12 @@ class JobResults:
 
     def empty(self) -> bool:
         return not (self.movies or self.classifications or self.initial_model)
+
+
+def coordinates(project: Path, job: str, micrograph: str) -> list[tuple[float, float]]:
+    """A picking job's picks in a micrograph (AutoPick's, or relion_zo's crYOLO job's, file
+    beside the micrograph's path: ``<job>/Movies/.../<name>_autopick.star``)."""
+    rest = Path(*Path(micrograph).parts[2:])
+    path = project / job / (str(rest.with_suffix("")) + "_autopick.star")
+    return [(_float(r.get("rlnCoordinateX")), _float(r.get("rlnCoordinateY")))
+            for r in _rows(path, "")]

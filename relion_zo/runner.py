@@ -271,7 +271,7 @@ class _Recorder:
             diagnostic = Path(movie.ctf.image)
             wanted["ctf_image"] = (diagnostic.with_name(diagnostic.stem + "_ctf.png"),
                                    lambda out: images.ctf_image(diagnostic, out), True)
-        made = {}
+        made: dict = {}
         for name, (out, make, possible) in wanted.items():
             if not possible:
                 continue
@@ -279,7 +279,22 @@ class _Recorder:
                 made[name] = str(out if out.exists() else make(out))
             except (OSError, ValueError) as exc:
                 log.warning("no %s for %s: %s", name, micrograph.name, exc)
-        return results.MovieFiles(**made)
+        pictures = []
+        relative = micrograph.relative_to(self.project)
+        diameter = self.params.autopick_LoG_diam_max / (
+            self.params.angpix * self.params.motioncor_binning)
+        for pick in movie.picks:  # each picking job's picks on the snapshot
+            out = (self.project / pick.job / Path(*relative.parts[2:])).with_name(
+                micrograph.stem + "_picks.png")
+            try:
+                if not out.exists():
+                    images.picks(micrograph, results.coordinates(
+                        self.project, pick.job, str(relative)), diameter, out)
+                pictures.append((pick.job, str(out)))
+            except (OSError, ValueError) as exc:
+                log.warning("no picture of %s's picks in %s: %s", pick.job, micrograph.name,
+                            exc)
+        return results.MovieFiles(**made, picks=tuple(pictures))
 
     def class_picture(self, image: str) -> str:
         """A 2D class average (``n@stack``) as a PNG beside its stack, which the web UIs can

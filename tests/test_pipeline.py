@@ -281,6 +281,7 @@ def _check_results(engine, pjid, dcid, project, submitted) -> None:
     extracted = pl.star_count(project / submitted["extract_job"] / "particles.star",
                               "particles")
     assert len(pickers) == 6 and log_picks == extracted
+    assert all(Path(p.summaryImageFullPath).read_bytes()[:4] == b"\x89PNG" for p in pickers)
     assert len(pato_ctf) == 6
     # a group per Class2D and Class3D job, a row per class; InitialModel's model linked
     assert sorted((g.type, g.batchNumber) for g in groups) == [("2D", 1), ("2D", 1), ("3D", 1),

@@ -255,6 +255,16 @@ def test_pictures_are_pngs_of_the_micrograph_and_the_ctf_fit(tmp_path):
     width, height, pixels = _png(images.class_average(tmp_path / "classes.mrcs", 2,
                                                       tmp_path / "c2.png"))
     assert (width, height) == (96, 96) and pixels[0, 0] == 255  # the second, inverted
+    flat = np.zeros((1024, 1024), np.float32)
+    flat[0, 0] = 1  # so that the snapshot's contrast has a range: the rest is black
+    with mrcfile.new(tmp_path / "flat.mrc") as mrc:
+        mrc.set_data(flat)
+    _, _, pixels = _png(images.picks(tmp_path / "flat.mrc", [(512.0, 256.0)], 40.0,
+                                     tmp_path / "p.png"))
+    ring = np.argwhere(pixels == 255)
+    # a ring of radius 10 (20 pixels across at half size) around (256, 128) of the snapshot
+    distances = np.hypot(ring[:, 0] - 128, ring[:, 1] - 256)
+    assert len(ring) > 40 and abs(np.median(distances) - 10) < 1
 
 
 def test_the_report_is_one_self_contained_page(tmp_path, engine, processing_engine, claimed,
