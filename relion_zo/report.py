@@ -96,8 +96,10 @@ def load(db: Session, processing_job_id: int, stale_seconds: float,
             ParticleClassification.particleClassificationGroupId
             == group.particleClassificationGroupId).order_by(
             ParticleClassification.classDistribution.desc())).scalars().all()
+        first = next((c.classImageFullPath for c in classes if c.classImageFullPath), "")
+        job = "/".join(Path(first.partition("@")[2] or first).parent.parts[-2:])
         data.groups.append({
-            "type": group.type, "batch": group.batchNumber,
+            "type": group.type, "batch": group.batchNumber, "job": job,
             "particles": group.numberOfParticlesPerBatch, "symmetry": group.symmetry,
             "pixel_size": group.binnedPixelSize,
             "classes": [{"number": c.classNumber, "image": c.classImageFullPath,
@@ -301,16 +303,17 @@ img.tile {{ width: 96px; height: 96px; image-rendering: pixelated; border: 1px s
                          f"{_number(100 * (c['distribution'] or 0))} % · "
                          f"{_number(c['resolution'])} Å</figcaption></figure>")
         if tiles:
-            parts.append(f"<h2>2D classes, batch {group['batch']} "
+            parts.append(f"<h2>2D classes: {e(group['job'])}, batch {group['batch']} "
                          f"({group['particles']:,} particles)</h2>"
                          f'<div class="gallery">{"".join(tiles)}</div>')
     three_d = [g for g in data.groups if g["type"] == "3D"]
     if three_d:
-        parts.append("<h2>3D classes</h2><table><tr><th>batch</th><th>class</th>"
+        parts.append("<h2>3D classes</h2><table><tr><th>job</th><th>batch</th><th>class</th>"
                      "<th>particles</th><th>resolution (Å)</th></tr>")
         for g in three_d:
             for c in g["classes"]:
-                parts.append(f"<tr><td>{g['batch']}</td><td>{c['number']}</td>"
+                parts.append(f"<tr><td>{e(g['job'])}</td><td>{g['batch']}</td>"
+                             f"<td>{c['number']}</td>"
                              f"<td>{c['particles'] or 0:,}</td>"
                              f"<td>{_number(c['resolution'])}</td></tr>")
         parts.append("</table>")

@@ -295,7 +295,7 @@ def test_the_demo_runs_end_to_end_through_the_broker(engine, tmp_path, services,
         assert "movies      2 motion-corrected;" in out and "classes     4 2D, 0 3D" in out
         report = Path(lines[-1])
         assert report.name == "relion_zo_report.html"
-        assert "2D classes, batch 1" in report.read_text()
+        assert "2D classes: Class2D/job007, batch 1" in report.read_text()
     finally:
         with Session(engine) as db:
             remove_visit(db, find_visit(db, visit).session_id)

@@ -301,8 +301,8 @@ def test_the_report_is_one_self_contained_page(tmp_path, engine, processing_engi
     assert capsys.readouterr().out.strip() == str(out)
     page = out.read_text()
     assert f"RELION processing job {pjid}" in page
-    for section in ("Summary", "Pre-processing", "2D classes, batch 1 (300 particles)",
-                    "Parameters"):
+    for section in ("Summary", "Pre-processing",
+                    "2D classes: Class2D/job007, batch 1 (300 particles)", "Parameters"):
         assert section in page, section
     for title in ("Motion over time", "Defocus over time", "CTF resolution",
                   "Particles per micrograph", "Throughput and backlog"):
