@@ -15,12 +15,15 @@ and the demo's settings (``devstack.demo``: DEMO_PARAMETERS over DEMO_SITE_DEFAU
    driver's own time is the run's wall time minus the time spent in RELION's commands
    (``--addJob`` and the pipeliner runs, ``Progress.relion_seconds``), and the pipeliner's
    share is the time of its runs minus the jobs' time (starting jobs, noticing their ends);
-2. a second project on the same movies: the run is stopped (``should_stop`` turns true) 3 s
-   after Class2D starts, then carried on (finished jobs reused) and stopped 3 s after
-   InitialModel starts, and again 3 s after the second pass's Class2D starts; the time from
-   ``should_stop`` first turning true to ``run_driver`` returning, with nothing left running
-   in the project, is the driver's share of a stop (a Stop pressed in a web UI adds up to a
-   second for the wrapper to see the request in ISPyB).
+   and how long after its motion-corrected micrograph was written each movie's results were handed
+   to the recorder (``run_driver``'s ``on_results``, which the wrapper calls before the
+   heartbeat; the rows' write is timed by ``bench/bench_results.py``);
+2. a second project on the same movies (``--no-stops`` leaves it out): the run is stopped
+   (``should_stop`` turns true) 3 s after Class2D starts, then carried on (finished jobs
+   reused) and stopped 3 s after InitialModel starts, and again 3 s after the second pass's
+   Class2D starts; the time from ``should_stop`` first turning true to ``run_driver``
+   returning, with nothing left running in the project, is the driver's share of a stop (a
+   Stop pressed in a web UI adds up to a second for the wrapper to see the request in ISPyB).
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ def stop_during(project: Path, label: str, grace: float = 3.0) -> tuple[str, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--movies", type=int, default=4)
+    parser.add_argument("--no-stops", action="store_true", help="the first run only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         root = Path(tmp)
@@ -126,16 +130,38 @@ def main() -> None:
         project = root / "project"
         project.mkdir()
         (project / "Movies").symlink_to(root / "raw")
+        handed: dict[str, float] = {}
+
+        def on_results(jobs: dict[str, str]) -> None:
+            now = time.time()
+            star = project / jobs.get("motioncorr_job", "-/") / "corrected_micrographs.star"
+            for name in pl.star_column(star, "micrographs", "_rlnMicrographName"):
+                path = project / name
+                if name not in handed and path.exists():
+                    handed[name] = now - path.stat().st_mtime
+
         started = time.monotonic()
-        result = run_driver(settings(project), note=lambda m: None)
+        result = run_driver(settings(project), note=lambda m: None, on_results=on_results)
         wall = time.monotonic() - started
-        print(f"outcome: {result.outcome}: {result.progress.text()}")
+        print(f"outcome: {result.outcome} ({result.reason}): {result.progress.text()}")
+        if result.outcome != "finished":  # keep what tells why
+            kept = Path(tempfile.gettempdir()) / "bench-pipeline-failed"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(project, kept, symlinks=True,
+                            ignore=shutil.ignore_patterns("*.mrc", "*.mrcs"))
+            print(f"the project's files (no images) are kept in {kept}")
         jobs = job_seconds(project)
         relion = result.progress.relion_seconds
         print(f"wall {wall:.1f} s; in RELION's commands {relion:.1f} s, of which jobs "
               f"{sum(jobs.values()):.1f} s; outside them (the driver) {wall - relion:.1f} s")
         for job, seconds in jobs.items():
             print(f"  {job:<44} {seconds:6.1f} s")
+        lags = sorted(handed.values())
+        if lags:
+            print(f"micrograph written -> handed to the recorder: median "
+                  f"{lags[len(lags) // 2]:.1f} s, longest {lags[-1]:.1f} s ({len(lags)} movies)")
+        if args.no_stops:
+            return
 
         # The stops: a second project on the same movies
         again = root / "again"
