@@ -16,6 +16,8 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
+from relion_zo.paths import replace_with
+
 SNAPSHOT_SIZE = 512  # pixels across a micrograph's snapshot, at most
 CONTRAST = (0.5, 99.5)  # percentiles mapped to black and white
 
@@ -54,10 +56,8 @@ def binned(data: np.ndarray, size: int) -> np.ndarray:
 
 
 def _write(path: Path, image: np.ndarray) -> Path:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(png_bytes(image))
-    tmp.replace(path)
-    return path
+    """Written beside and renamed over, never through a link (``paths.replace_with``)."""
+    return replace_with(path, png_bytes(image), "picture")
 
 
 def snapshot(micrograph: Path, out: Path, size: int = SNAPSHOT_SIZE) -> Path:

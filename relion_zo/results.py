@@ -21,6 +21,7 @@ from pathlib import Path
 
 import starfile
 
+from relion_zo.paths import replace_with
 from relion_zo.relion_it import batches as bt
 
 
@@ -246,10 +247,7 @@ def drift_plot(path: Path, drift: tuple[tuple[float, float], ...]) -> Path:
     text = json.dumps({"data": [{"x": xs, "y": ys, "type": "scatter", "mode": "lines+markers"}],
                        "layout": {"xaxis": {"title": "x shift (pixels)"},
                                   "yaxis": {"title": "y shift (pixels)"}}})
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return replace_with(path, text, "drift plot")
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,7 @@ class _Recorder:
                 continue
             try:
                 made[name] = str(out if out.exists() else make(out))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RelionZoError) as exc:
                 log.warning("no %s for %s: %s", name, micrograph.name, exc)
         pictures = []
         relative = micrograph.relative_to(self.project)
@@ -291,7 +291,7 @@ class _Recorder:
                     images.picks(micrograph, results.coordinates(
                         self.project, pick.job, str(relative)), diameter, out)
                 pictures.append((pick.job, str(out)))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RelionZoError) as exc:
                 log.warning("no picture of %s's picks in %s: %s", pick.job, micrograph.name,
                             exc)
         return results.MovieFiles(**made, picks=tuple(pictures))
@@ -305,7 +305,7 @@ class _Recorder:
         out = Path(stack).with_name(f"{Path(stack).stem}_{int(index)}.png")
         try:
             return str(images.class_average(Path(stack), int(index), out))
-        except (OSError, ValueError, IndexError) as exc:
+        except (OSError, ValueError, IndexError, RelionZoError) as exc:
             log.warning("no picture of class %s: %s", image, exc)
             return image
 
