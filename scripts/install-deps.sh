@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what relion_zo needs on a fresh Debian machine, and nothing twice:
-# MariaDB, RabbitMQ, RELION 3.1 and the build headers for mysqlclient from Debian's packages,
-# then relion_zo itself with its Python dependencies. Servers are never started as system
-# services here; `relion-zo stack up` runs them as private processes.
+# MariaDB, RabbitMQ, Slurm and munge, RELION 3.1 and the build headers for mysqlclient from
+# Debian's packages, then relion_zo itself with its Python dependencies. Servers are never
+# started as system services here; `relion-zo stack up` runs them as private processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,10 @@ packages=(mariadb-server mariadb-client rabbitmq-server relion openmpi-bin
           libmariadb-dev pkg-config build-essential ghostscript)
 # RELION 3.1 runs CTFFIND (and relion-zo-ctffind-aspire) through `csh` unless RELION_SHELL is set.
 packages+=(tcsh)
+# The local stack's one-node Slurm (Debian 12: Slurm 22.05, munge 0.5.15): the two daemons,
+# munged and the clients (sbatch, squeue, scancel, scontrol). Their packaged configuration and
+# munge key are not used; `relion-zo stack up` writes its own in .stack/slurm.
+packages+=(slurmctld slurmd slurm-client munge)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

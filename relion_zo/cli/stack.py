@@ -1,4 +1,5 @@
-"""``relion-zo stack up|down|status``: the local MariaDB and RabbitMQ for the demo and tests."""
+"""``relion-zo stack up|down|status``: the local MariaDB, RabbitMQ and Slurm for the demo and
+tests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 from relion_zo.cli.common import Parser, guarded
 from relion_zo.devstack import stack
+
+SERVERS = ("mariadb", "rabbitmq", *stack.SLURM_DAEMONS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,13 +29,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(info, indent=2))
             return 0
-        for name in ("mariadb", "rabbitmq"):
+        for name in SERVERS:
             server = info[name]
             state = f"running (pid {server['pid']})" if server["running"] else "stopped"
-            print(f"{name:9} 127.0.0.1:{server['port']}  {state}")
+            where = f"127.0.0.1:{server['port']}" if "port" in server else server["socket"]
+            node = f"  node {server['node']}" if "node" in server else ""
+            print(f"{name:9} {where}  {state}{node}")
         print(f"processing side's ISPyB credentials: {info['processing_credentials']}")
         print(f"web side's ISPyB credentials:        {info['web_credentials']}")
         print(f"export ZOCALO_CONFIG={info['zocalo_config']}")
-        return 0 if args.action == "up" or all(info[n]["running"] for n in ("mariadb", "rabbitmq")) else 3
+        for name, value in stack.slurm_environment(settings).items():
+            print(f"export {name}={value}")
+        return 0 if args.action == "up" or all(info[n]["running"] for n in SERVERS) else 3
 
     return guarded(body)
