@@ -50,6 +50,62 @@ class Executables(BaseModel):
         return value
 
 
+QUEUE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # a Slurm partition's name
+
+
+class Queue(BaseModel):
+    """Where RELION's jobs go when a job asks for ``*_submit_to_queue``: RELION 3.1 writes each
+    job's script from ``submission_template`` and runs ``submit_command SCRIPT`` (docs/slurm.md).
+    The site names all of it; a job may only choose among ``names``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    submit_command: str = Field(
+        default="sbatch", description="RELION's 'Queue submit command:' (Slurm's sbatch)")
+    submission_template: str | None = Field(
+        default=None, description="RELION's 'Standard submission script:'; default: relion_zo's "
+        "Slurm template (relion_zo/templates/slurm.sh)")
+    names: list[str] = Field(
+        default_factory=lambda: ["relion"], min_length=1,
+        description="the queues (Slurm partitions) a job may name in queue_name; the first is "
+        "the default")
+    minimum_dedicated: int = Field(default=1, ge=1, le=64)
+    slurm_conf: str | None = Field(
+        default=None, description="SLURM_CONF for sbatch, squeue and scancel, when not the "
+        "system's")
+
+    @field_validator("submit_command", "submission_template", "slurm_conf")
+    @classmethod
+    def _shell_safe(cls, value: str | None) -> str | None:
+        # RELION runs "submit_command script" through a shell
+        reason = unsafe_reason(value) if value else None
+        if reason:
+            raise ValueError(reason)
+        return value
+
+    @field_validator("submission_template", "slurm_conf")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value and not value.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return value
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        import re
+
+        for name in names:
+            if not re.match(QUEUE_NAME, name):
+                raise ValueError(f"{name!r} is not a queue name (letters, digits, _ . -)")
+        return names
+
+    def template(self) -> str:
+        from relion_zo.slurm import packaged_template
+
+        return self.submission_template or str(packaged_template())
+
+
 class SiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -87,6 +143,10 @@ class SiteConfig(BaseModel):
     worker_jobs: int = Field(
         default=1, ge=1, le=64, description="jobs one worker runs at once (its prefetch count)"
     )
+    warm_wrappers: bool = Field(
+        default=True, description="a worker forks each job's wrapper from a process that has "
+        "imported a run's code already (relion_zo.warm), so a job is running sooner",
+    )
     relion_it_defaults: dict[str, str | bool | int | float] = Field(
         default_factory=dict,
         description="values for relion_it options a job leaves out, in place of relion_it's "
@@ -96,6 +156,9 @@ class SiteConfig(BaseModel):
     ispyb_web_credentials: Path | None = None
     zocalo_config: Path | None = None
     executables: Executables = Executables()
+    queue: Queue | None = Field(
+        default=None, description="RELION's cluster queue (Slurm); absent: every job runs on "
+        "the worker's machine and *_submit_to_queue is refused")
     # crYOLO, where executables.cryolo names its cryolo_predict.py: its model (the general
     # model, or one trained at the site) and its confidence threshold
     cryolo_weights: str | None = None

@@ -22,11 +22,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from relion_zo import jobs, programs, project, status
+from relion_zo import jobs, programs, project, slurm, status
 from relion_zo.config import SiteConfig
 from relion_zo.errors import InputError, NotFoundError, RelionZoError
 from relion_zo.manager import JobManager
-from relion_zo.relion_it.driver import end_relion_in
+from relion_zo.relion_it.driver import end_relion_in, process_start
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,15 @@ def project_of(manager: JobManager, pjid: int) -> Path:
 
 
 def end_relion(manager: JobManager, pjid: int) -> int:
-    """End every process left in a job's project and its RUNNING files; how many groups."""
+    """End every process left in a job's project, its jobs in the cluster's queue and its
+    RUNNING files; how many process groups."""
     try:
         folder = project_of(manager, pjid)
     except RelionZoError as exc:  # rows that no longer load: nothing to clean
         log.warning("job %s: no project to clean up: %s", pjid, exc)
         return 0
+    if folder.is_dir():
+        slurm.cancel_project(folder, manager.config.queue)
     ended = end_relion_in(folder) if folder.is_dir() else 0
     if ended:
         log.warning("job %s: ended RELION processes left in %s", pjid, folder)
@@ -63,6 +66,8 @@ def wrapper_alive(environment: str | None, pjid: int) -> bool | None:
     fields = dict(part.split("=", 1) for part in (environment or "").split() if "=" in part)
     if fields.get("host") != socket.gethostname() or not fields.get("pid", "").isdigit():
         return None
+    if fields.get("started", "?") != "?":  # a warm wrapper's argv is its fork server's
+        return process_start(int(fields["pid"])) == fields["started"]
     try:
         with open(f"/proc/{fields['pid']}/cmdline", "rb") as handle:
             argv = handle.read().split(b"\0")

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from relion_zo.config import QUEUE_NAME
 from relion_zo.errors import InputError
 from relion_zo.paths import unsafe_reason
 
@@ -58,9 +59,6 @@ _NOT_TAKEN_GROUPS: dict[str, tuple[str, ...]] = {
         "class3d_reference", "class3d_ref_is_correct_greyscale", "class3d_ref_is_ctf_corrected",
         "class3d_reference_mask"),
     "scratch space is the site's to name, not a job's; leave it out": ("refine_scratch_disk",),
-    "queue submission is not configured at this site; leave it out": (
-        "queue_name", "queue_submit_command",
-        "queue_submission_template", "queue_minimum_dedicated"),
     "Gctf is not supported (CTFFIND 4.1 is used); leave it out": (
         "gctf_exe", "gctf_gpu", "ctffind_do_ignore_search_params", "ctffind_do_EPA"),
     "the site file names the programs (executables.motioncor2, executables.ctffind), not a "
@@ -250,6 +248,13 @@ class RelionItParameters(BaseModel):
     inimodel_batchsize_ini: int = Field(default=100, ge=1, le=INT_MAX)
     inimodel_batchsize_final: int = Field(default=500, ge=1, le=INT_MAX)
     inimodel_sigmafudge_halflife: float = -1
+    # --- The cluster queue (the site's ``queue``, stages.check_queue): a job chooses among
+    # the site's queues; the submit command and template are the site's, and a job may only
+    # repeat them (relion_it's own defaults name an SGE site's).
+    queue_name: str | None = Field(default=None, pattern=QUEUE_NAME)
+    queue_submit_command: str | None = Field(default=None, max_length=VALUE_LENGTH)
+    queue_submission_template: str | None = Field(default=None, max_length=VALUE_LENGTH)
+    queue_minimum_dedicated: int | None = Field(default=None, ge=1, le=64)
     # --- Not applicable here (NOT_APPLICABLE): accepted and stored, never passed on.
     acquisition_software: str | None = Field(default=None, max_length=80)
 

@@ -43,6 +43,7 @@ from relion_zo.relion_it.driver import (
     DriverSettings,
     Progress,
     SchedulerRunning,
+    process_start,
     refuse_if_scheduled,
     run_driver,
     write_error_reason,
@@ -55,6 +56,7 @@ from relion_zo.relion_it.stages import (
     second_pass,
     stages,
     uses_cryolo,
+    with_queue,
 )
 
 log = logging.getLogger(__name__)
@@ -115,7 +117,12 @@ class _RunLog:
 
 
 def environment_text() -> str:
-    return f"host={socket.gethostname()} pid={os.getpid()} relion_zo={__version__}"
+    """Where this process runs, as ``processingEnvironment`` records it: its host, pid and
+    start time (``control.wrapper_alive`` tells it from a later process with the same pid)."""
+    pid = os.getpid()
+    return (f"host={socket.gethostname()} pid={pid} started={process_start(pid)} "
+            f"relion_zo={__version__}")
+
 
 
 def prepare_project(
@@ -125,6 +132,7 @@ def prepare_project(
     ``resume``: carry on in this job's own existing project (refused for any other folder)."""
     params = with_calculated(spec.parameters)  # relion_it's "calculate for me" sizes
     check_capabilities(params, config)
+    params = with_queue(params, config)  # the site's queue, where a job sends RELION's jobs
     jobs.check_movies_folder(config, spec.visit_directory, spec.image_directory)
     jobs.check_template(spec.file_template)  # the row may come from another tool
     jobs.check_parameters_on_disk(params, spec.visit_directory)
@@ -176,6 +184,7 @@ def prepare_project(
         stall_seconds=config.stall_seconds,
         batches=BatchPlan(params) if classifies(params) else None,
         second_pass=second_pass(params),
+        queue=config.queue,
     )
     return folder, settings
 
@@ -437,7 +446,8 @@ def run_job(
         recorder = _Recorder(JobManager(engine, config, retry_seconds=0), program, spec,
                              with_calculated(spec.parameters), config, folder, note)
         result = run_driver(settings, should_stop=watch.should_stop, on_tick=watch.on_tick,
-                            note=note, on_results=recorder)
+                            note=note, on_results=recorder,
+                            record=lambda text: watch.beats.note(program, "INFO", text))
         recorder(result.jobs)  # what the last pass made, before the final status
         outcome = _outcome(result, stop, processing_job_id)
     except InputError as exc:

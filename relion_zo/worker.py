@@ -258,7 +258,8 @@ class Supervisor:
         if not self.manager.check(wrapper.program).final:
             # First end what the dead wrapper left running, then record why it ended.
             control.end_relion(self.manager, wrapper.pjid)
-            how = f"signal {-code}" if code < 0 else f"exit status {code}"
+            how = (getattr(wrapper.process, "end_text", None)
+                   or (f"signal {-code}" if code < 0 else f"exit status {code}"))
             if self.manager.finish(wrapper.program, Outcome(
                     "crashed", f"the wrapper process ended ({how}) without a final status")):
                 log.error("job %s: wrapper ended (%s) without a final status; recorded",
@@ -285,9 +286,11 @@ class Supervisor:
 class WorkerService:
     """The ``Supervisor`` on RabbitMQ's run and stop queues (``relion_zo.serve.serve``)."""
 
-    def __init__(self, supervisor: Supervisor, worker_jobs: int):
+    def __init__(self, supervisor: Supervisor, worker_jobs: int,
+                 close: Callable[[], None] | None = None):
         self.supervisor = supervisor
         self.worker_jobs = worker_jobs
+        self.close = close  # when the service ends (the fork server's; its wrappers live on)
         self.transport = None
         supervisor.ack = self._ack
         supervisor.reject = self._reject

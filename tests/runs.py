@@ -96,6 +96,14 @@ def program_rows(engine, pjid: int):
         ).scalars().all()
 
 
+def wrapper_pid(engine, pjid: int) -> int:
+    """The pid of the job's running wrapper, as it recorded itself (``processingEnvironment``:
+    a warm wrapper's command line is its fork server's)."""
+    (row,) = [r for r in program_rows(engine, pjid) if r.processingStatus is None]
+    fields = dict(part.split("=", 1) for part in row.processingEnvironment.split() if "=" in part)
+    return int(fields["pid"])
+
+
 def attachments(engine, app: int) -> dict[str, str]:
     with Session(engine) as db:
         rows = db.execute(select(AutoProcProgramAttachment).where(

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from ispyb.sqlalchemy import ProcessingJob, ProcessingJobParameter
 from relion_zo import broker
-from runs import job_status, processes_in, program_rows, site_config, write_site_file
+from runs import job_status, processes_in, program_rows, site_config, wrapper_pid, write_site_file
 
 LIMIT = float(os.environ.get("RELION_ZO_TEST_LIMIT", 180))  # guards against hangs, not speed
 
@@ -309,9 +309,7 @@ def test_a_wrapper_killed_under_a_live_worker_gets_its_failure_written(
     wait_state(engine, site, pjid, {"running"})
     project = live.project(pjid)
     wait_until(lambda: processes_in(project, "relion_"), "RELION running")
-    (child,) = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                if _cmdline(pid)[1:4] == ["-m", "relion_zo.child", str(pjid)]]
-    os.kill(child, signal.SIGKILL)
+    os.kill(wrapper_pid(engine, pjid), signal.SIGKILL)
     state = wait_state(engine, site, pjid, {"failure", "success", "stopped"}, limit=60)
     assert state.state == "failure"
     assert state.message == ("Wrapper crashed: the wrapper process ended (signal 9) without a "
@@ -322,10 +320,3 @@ def test_a_wrapper_killed_under_a_live_worker_gets_its_failure_written(
     wait_until(services.idle, "the run acknowledged")
     assert services.alive()
 
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().decode(errors="replace").split("\0")
-    except OSError:
-        return []

@@ -11,28 +11,15 @@ import time
 from relion_zo.cli.main import main
 from relion_zo.devstack import stack
 from relion_zo.relion_it import pipeliner as pl
-from runs import job_status, processes_in, program_rows, write_site_file
+from runs import job_status, processes_in, program_rows, wrapper_pid, write_site_file
 from test_broker import start_cli, wait_state, wait_until, with_idle
 
-OUTAGE = 20.0  # seconds a server stays down
-
-
-def _wrapper_pid(pjid: int) -> int:
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            argv = open(f"/proc/{name}/cmdline", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if b"relion_zo.child" in argv and str(pjid).encode() in argv:
-            return int(name)
-    raise AssertionError(f"no wrapper process for job {pjid}")
+OUTAGE = 12.0  # seconds a server stays down: longer than stale_seconds and the backoffs
 
 
 def test_a_rabbitmq_restart_fails_no_running_job(engine, live_visits, services, tmp_path,
                                                  stack_settings):
-    site, _ = with_idle(services, tmp_path, stack_settings, OUTAGE * 3)
+    site, _ = with_idle(services, tmp_path, stack_settings, OUTAGE * 2 + 10)
     live = live_visits(site)
     pjid = start_cli(services, live)
     wait_state(engine, site, pjid, {"running"})
@@ -59,7 +46,7 @@ def test_a_mariadb_restart_fails_no_running_job(engine, live_visits, services, t
                                                 stack_settings):
     from relion_zo import broker
 
-    site, _ = with_idle(services, tmp_path, stack_settings, OUTAGE * 3)
+    site, _ = with_idle(services, tmp_path, stack_settings, OUTAGE * 2 + 10)
     live = live_visits(site)
     pjid = start_cli(services, live)
     later = start_cli(services, live_visits(site), "--no-send")  # sent during the outage
@@ -96,7 +83,7 @@ def test_a_killed_wrapper_is_recorded_and_resumed_without_redoing_movies(
     corrected = sorted((project / "MotionCorr").rglob("movie_*.mrc"))
     assert len(corrected) == 3
     before = {p: p.stat().st_mtime_ns for p in corrected}
-    os.kill(_wrapper_pid(pjid), signal.SIGKILL)
+    os.kill(wrapper_pid(engine, pjid), signal.SIGKILL)
     state = wait_state(engine, site, pjid, {"failure", "success", "stopped"})
     assert state.message.startswith("Wrapper crashed: the wrapper process ended (signal 9)")
     wait_until(lambda: processes_in(project) == [], "RELION ended with its wrapper", limit=30)

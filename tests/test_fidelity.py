@@ -95,16 +95,18 @@ def test_no_second_scheduler_beside_a_live_one(processing_engine, engine, tmp_pa
     (project / pl.RUNNING_RELION_IT).unlink()  # relion_it's own stop: the job is resumable
     assert first.join(RUN_LIMIT).state == "stopped"
     options_before = (project / options_mod.OPTIONS_FILE).read_text()
+    log = (tmp_path / "theirs.log").open("w")
     theirs = subprocess.Popen(
         ["relion_pipeliner", "--schedule", "THEIRS", "--repeat", "1000", "--min_wait", "30",
          "--RunJobs", "Import/job001/ "],
-        cwd=project, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
+        cwd=project, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while not live_schedulers(project) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert live_schedulers(project) == [f"pid {theirs.pid} (relion_pipeliner)"]
+        assert live_schedulers(project) == [f"pid {theirs.pid} (relion_pipeliner)"], (
+            f"exit {theirs.poll()}: {(tmp_path / 'theirs.log').read_text()[-2000:]}")
         from relion_zo.manager import JobManager
         from relion_zo.runner import environment_text
 
@@ -364,8 +366,18 @@ def _job_star(path) -> dict[str, str]:
     return values
 
 
+def with_queue_options(job: str, o: dict, values: list) -> list:
+    """relion_it's queue options after a job's own, when its ``*_submit_to_queue`` is set."""
+    from relion_it_3_1 import QUEUE_OPTIONS, SUBMIT_TO_QUEUE_OPTION
+
+    flag = SUBMIT_TO_QUEUE_OPTION.get(job.split("_job")[0])
+    if not (flag and o[flag]):
+        return values
+    return values + [(label, "Yes" if key == "'Yes'" else o[key]) for label, key in QUEUE_OPTIONS]
+
+
 @pytest.mark.parametrize("what", ["preprocessing", "picking and classification",
-                                  "second pass"])
+                                  "second pass", "through the queue"])
 def test_the_job_star_files_are_relion_its_for_the_same_options(tmp_path, what):
     """relion_zo's jobs, and the ones relion_it 3.1 adds from relion_zo's own
     relion_it_options.py, added by RELION's relion_pipeliner in two projects: the same
@@ -375,7 +387,7 @@ def test_the_job_star_files_are_relion_its_for_the_same_options(tmp_path, what):
     from relion_it_3_1 import OPTIONS
 
     from relion_zo import parameters
-    from relion_zo.config import Executables, SiteConfig
+    from relion_zo.config import Executables, Queue, SiteConfig
     from relion_zo.relion_it.batches import Reference
     from relion_zo.relion_it.calculate import with_calculated
     from relion_zo.relion_it.stages import (
@@ -384,32 +396,39 @@ def test_the_job_star_files_are_relion_its_for_the_same_options(tmp_path, what):
         picking_stages,
         rescaled_reference,
         stages,
+        with_queue,
     )
 
     site = SiteConfig(data_roots=[tmp_path], visit_directory=str(tmp_path) + "/{visit}",
-                      executables=Executables(ctffind="/opt/ctffind/bin/ctffind"))
+                      executables=Executables(ctffind="/opt/ctffind/bin/ctffind"),
+                      queue=Queue(names=["relion", "gpu"], minimum_dedicated=2))
+    second = what in ("second pass", "through the queue")
     given = {**GOOD_PARAMS, "stop_after_motion_correction": "false",
              "stop_after_ctf_estimation": "true"}
     if what != "preprocessing":  # PATo's keys, a few set-up values changed, a discard step
         given.update({"stop_after_ctf_estimation": "false",
-                      "do_second_pass": str(what == "second pass").lower(),
+                      "do_second_pass": str(second).lower(),
                       "autopick_LoG_diam_min": "90", "autopick_LoG_diam_max": "120",
                       "extract_downscale": "1", "batch_size": str(BATCH_SIZE),
                       "do_discard_on_image_statistics": "true", "refine_do_gpu": "0",
                       "refine_mpi": "2", "refine_threads": "1", "class2d_nr_classes": "4",
                       "inimodel_nr_iter_initial": "3", "autopick_lowpass": "15"})
     glob, gain = "Movies/GridSquare_*/Data/*.tiff", "gain.mrc"
-    if what == "second pass":  # its own small box, batch size and 3D classification
+    if second:  # its own small box, batch size and 3D classification
         given.update({"extract2_downscale": "1", "extract2_small_boxsize": "72",
                       "batch_size_pass2": "2000",
                       "do_class3d_pass2": "1", "autopick_do_gpu": "0", "symmetry": "C2"})
-    params = with_calculated(parameters.parse(given))
+    if what == "through the queue":  # every job relion_it can send, to the site's 2nd queue
+        given.update({f"{step}_submit_to_queue": "1" for step in (
+            "motioncor", "ctffind", "autopick", "extract", "discard", "refine")})
+        given["queue_name"] = "gpu"
+    params = with_queue(with_calculated(parameters.parse(given)), site)
     ours = stages(params, site, glob, gain)
     if what != "preprocessing":
         plan = BatchPlan(params)
         ours += [plan.discard(BATCH_FILE), plan.class2d(1, BATCH_FILE, BATCH_SIZE),
                  plan.inimodel(BATCH_FILE), plan.class3d(1, BATCH_FILE, BATCH_SIZE, REFERENCE)]
-    if what == "second pass":
+    if second:
         best = Reference(*BEST_CLASS3D)
         plan2 = BatchPlan(params, second=True)
         reference = rescaled_reference(params, best)[0]
@@ -437,7 +456,8 @@ def test_the_job_star_files_are_relion_its_for_the_same_options(tmp_path, what):
                                               mine, env)
         if name == "autopick2_job":  # relion_it moves on to the second pass
             relion_it = pass2_options(relion_it)
-        theirs = RELION_IT_JOBS[name](relion_it, added["relion_it"])
+        theirs = with_queue_options(name, relion_it,
+                                    RELION_IT_JOBS[name](relion_it, added["relion_it"]))
         added["relion_it"][name] = pl.add_job("relion_pipeliner", theirs_dir, stage.job_type,
                                               theirs, env)
     assert added["relion_it"] == added["relion_zo"]
@@ -448,8 +468,9 @@ def test_the_job_star_files_are_relion_its_for_the_same_options(tmp_path, what):
         "preprocessing": first_pass[:3], "picking and classification": first_pass,
         "second pass": first_pass + [
             "autopick2_job", "extract2_job", "split2_job", "discard2_job",
-            "class2d_pass2_job_batch_001", "class3d2_job_batch_001"]}[what]
-    if what == "second pass":  # what the jobs were made from, relion_it's way
+            "class2d_pass2_job_batch_001", "class3d2_job_batch_001"]}[
+                "second pass" if second else what]
+    if second:  # what the jobs were made from, relion_it's way
         assert relion_it["class3d_reference"] == reference
         assert reference == "Class3D/job010/run_it005_class002_rescaled.mrc"
     differences = set()
@@ -458,3 +479,13 @@ def test_the_job_star_files_are_relion_its_for_the_same_options(tmp_path, what):
         assert a.keys() == b.keys()
         differences |= {(name, key, a[key], b[key]) for key in a if a[key] != b[key]}
     assert {(job, key) for job, key, *_ in differences} == KNOWN_DIFFERENCES, differences
+    queued = {name for name, job in added["relion_zo"].items()
+              if _job_star(ours_dir / job / "job.star").get("do_queue") == "Yes"}
+    if what == "through the queue":  # all but Import and the split jobs, to the queue named
+        assert queued == set(added["relion_zo"]) - {"import_job", "split_job", "split2_job"}
+        star = _job_star(ours_dir / added["relion_zo"]["class2d_job_batch_001"] / "job.star")
+        assert star["queuename"] == "gpu" and star["qsub"] == "sbatch"
+        assert star["min_dedicated"] == "2"
+        assert star["qsubscript"].endswith("relion_zo/templates/slurm.sh")
+    else:
+        assert queued == set()

@@ -208,6 +208,17 @@ START_CASES = [
     ("site executable runs a command",
      lambda h: h.args(site_file=h.bad_site({"executables": {"ctffind": f"ctffind{INJECT}"}})),
      "executables.ctffind: contains '$'"),
+    ("a queue at a site without one",
+     lambda h: h.args("-p", "refine_submit_to_queue=true"),
+     "parameter refine_submit_to_queue: queue submission is not configured at this site"),
+    ("a queue name that runs a command", lambda h: h.args("-p", f"queue_name=q{INJECT}"),
+     "parameter queue_name: "),
+    ("a submit command of the job's own",
+     lambda h: h.args("-p", f"queue_submit_command=sh -c {INJECT}"),
+     "parameter queue_submit_command: queue submission is not configured at this site"),
+    ("site queue command runs a command",
+     lambda h: h.args(site_file=h.bad_site({"queue": {"submit_command": f"sbatch{INJECT}"}})),
+     "queue.submit_command: contains '$'"),
 ]
 
 

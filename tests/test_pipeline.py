@@ -1,14 +1,15 @@
-"""relion_it 3.1's whole pipeline, both passes, with RELION's own programs, through ISPyB and
-RabbitMQ.
+"""relion_it 3.1's whole pipeline, both passes, with RELION's own programs, through ISPyB,
+RabbitMQ and Slurm.
 
 PATo's default job (its rows exactly, written by SQL with the web user; its message, no recipe)
 on synthetic particle movies: Import, MotionCorr, CtfFind (the ASPIRE stand-in), LoG AutoPick,
 Extract, the split into batches, Class2D, InitialModel and Class3D with 2 MPI processes; then
 the second pass: AutoPick with pass 1's best 3D class, Extract, Class2D and Class3D from that
-class rescaled to the second pass's particles. It is stopped while Class2D runs, while
-InitialModel runs and in the second pass, carried on each time with ``relion-zo resume``, and
-ends in success: finished jobs reused, none added twice, nothing of RELION left behind, and a
-project RELION's own tools read.
+class rescaled to the second pass's particles. The site sends MotionCorr and every
+relion_refine job to the local Slurm. It is stopped while Class2D runs in Slurm and in the
+second pass, carried on each time with ``relion-zo resume``, and ends in success: finished
+jobs reused, none added twice, nothing of RELION (or of Slurm) left behind, and a project
+RELION's own tools read.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from sqlalchemy.orm import Session
 from test_ispyb import acquired, pato_status, publish_like_pato, write_ui_job
 from ui_jobs import pato_rows
 
+from relion_zo import slurm
 from relion_zo.devstack import particles
 from relion_zo.devstack.demo import DEMO_SITE_DEFAULTS
 from relion_zo.relion_it import pipeliner as pl
@@ -73,6 +75,14 @@ def _wait_for(engine, site, pjid, text: str, limit: float = LIMIT, *,
         time.sleep(0.2)
 
 
+def _wait_until(check, what: str, limit: float = LIMIT):
+    deadline = time.monotonic() + limit
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"no {what} within {limit} s"
+        time.sleep(0.2)
+    return found
+
+
 def _resume(site_file, pjid) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "relion_zo.cli.main", "resume", "--config", str(site_file),
@@ -89,9 +99,12 @@ def test_patos_default_job_runs_relion_its_two_passes_through_stops(
         engine, web_engine, stack_settings, services, tmp_path, live_visits):
     ctffind = shutil.which("relion-zo-ctffind-aspire")
     assert ctffind, "scripts/install-deps.sh installs relion-zo-ctffind-aspire"
+    # a site that sends MotionCorr and every relion_refine job to its Slurm cluster
     site = site_config(tmp_path, stack_settings, idle_seconds=0, executables={
         "relion_pipeliner": "relion_pipeliner", "ctffind": ctffind},
-        relion_it_defaults=SITE_DEFAULTS)
+        relion_it_defaults={**SITE_DEFAULTS, "motioncor_submit_to_queue": True,
+                            "refine_submit_to_queue": True},
+        queue={"names": ["relion"], "slurm_conf": str(stack_settings.slurm_conf_path)})
     services.site_file = write_site_file(site, tmp_path / "site-pipeline.yaml")
     services.dispatcher()
     services.worker()
@@ -107,28 +120,22 @@ def test_patos_default_job_runs_relion_its_two_passes_through_stops(
     publish_like_pato(stack_settings, {"parameters": {"ispyb_process": pjid}})
     project = live.project(pjid)
 
-    # 1. stopped while Class2D runs (through the worker)
+    # 1. stopped while Class2D runs in Slurm (through the worker)
     _wait_for(engine, site, pjid, "Class2D batch 1 of 2 running")
     assert "AutoPick 3/3 (" in job_status(engine, site, pjid).message
+    class2d = pl.read_submitted(project)["class2d_job_batch_001"]
+    _wait_until(lambda: [j for j in slurm.project_jobs(project, site.queue)
+                         if j.relion_job == class2d and j.state == "RUNNING"],
+                "Class2D running in Slurm")
     _stop(services, pjid)
     assert job_status(engine, site, pjid).state == "stopped"
     assert processes_in(project) == []
-    assert pl.exit_state(project, pl.read_submitted(project)["class2d_job_batch_001"]) is None
+    assert pl.exit_state(project, class2d) is None
+    assert [j for j in slurm.project_jobs(project, site.queue) if j.active] == []
+    queued = {j.relion_job for j in slurm.project_jobs(project, site.queue)}
+    assert {pl.read_submitted(project)["motioncorr_job"], class2d} <= queued
 
-    # 2. carried on, and stopped while InitialModel runs
-    resumed = _resume(services.site_file, pjid)
-    try:
-        _wait_for(engine, site, pjid, "InitialModel batch 1 of 2 running", resuming=True)
-        _stop(services, pjid)
-        out, _ = resumed.communicate(timeout=60)
-    finally:
-        if resumed.poll() is None:
-            resumed.kill()
-    assert resumed.returncode == 0, out
-    assert processes_in(project) == []
-    assert "reusing Import/job001/ for import_job" in (project / "relion_zo_run.log").read_text()
-
-    # 3. carried on into the second pass, and stopped there
+    # 2. carried on (InitialModel and Class3D) into the second pass, and stopped there
     resumed = _resume(services.site_file, pjid)
     try:
         _wait_for(engine, site, pjid, "AutoPick pass 2", resuming=True)
@@ -140,12 +147,13 @@ def test_patos_default_job_runs_relion_its_two_passes_through_stops(
             resumed.kill()
     assert resumed.returncode == 0, out
     assert processes_in(project) == []
+    assert "reusing Import/job001/ for import_job" in (project / "relion_zo_run.log").read_text()
     assert not list(project.glob("RUNNING_*"))
     submitted = pl.read_submitted(project)
     best = (project / "RELION_IT_2NDPASS_3DREF").read_text().splitlines()
     assert best[0].startswith(submitted["class3d_job_batch_001"]) and float(best[1]) == 3.0
 
-    # 4. carried on in the second pass (RELION_IT_2NDPASS_3DREF) to the end
+    # 3. carried on in the second pass (RELION_IT_2NDPASS_3DREF) to the end
     resumed = _resume(services.site_file, pjid)
     out, _ = resumed.communicate(timeout=LIMIT)
     assert resumed.returncode == 0, out

@@ -47,6 +47,8 @@ def _serve(prog: str, build, argv: list[str] | None) -> int:
         try:
             return serve(service, zocalo, stop=stop, ready=ready)
         finally:
+            if getattr(service, "close", None):
+                service.close()
             engine.dispose()
 
     return guarded(body)
@@ -59,9 +61,18 @@ def _worker(config, engine, zocalo_config, site_file):
     env = dict(os.environ, ZOCALO_CONFIG=str(zocalo_config))
     if site_file:
         env["RELION_ZO_CONFIG"] = site_file
+    if config.warm_wrappers:
+        from relion_zo.warm import ForkServer
+
+        server = ForkServer(env=env)
+        server.start()  # before the first delivery: its imports are not a job's wait
+        spawn, close = server.spawn, server.close
+    else:
+        spawn, close = functools.partial(spawn_wrapper, env=env), None
     supervisor = Supervisor(JobManager(engine, config, retry_seconds=0), ack=None, reject=None,
-                            spawn=functools.partial(spawn_wrapper, env=env))
-    return WorkerService(supervisor, config.worker_jobs), ready_text(config.worker_jobs)
+                            spawn=spawn)
+    return (WorkerService(supervisor, config.worker_jobs, close=close),
+            ready_text(config.worker_jobs))
 
 
 def _dispatcher(config, engine, zocalo_config, site_file):

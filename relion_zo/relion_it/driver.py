@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relion_zo import slurm
+from relion_zo.config import Queue
 from relion_zo.movies import MovieChecker, matching
 from relion_zo.paths import open_append, replace_with, unsafe_reason
 from relion_zo.relion_it import batches as bt
@@ -74,10 +76,16 @@ class Progress:
     # Batch jobs: label -> what is done or running, e.g. "Class2D": "batch 1 of 2"
     batches: dict[str, str] = field(default_factory=dict)
     relion_seconds: float = 0.0  # wall time spent in RELION's own commands (pipeliner runs)
+    queued: str = ""  # RELION jobs waiting in the cluster's queue, e.g. "Class2D (Slurm ...)"
 
     def text(self) -> str:
         if not self.counts:
             return f"setting up, {self.movies_on_disk} movies on disk"
+        if self.queued:
+            return f"{self._done()}; waiting in the queue: {self.queued}"
+        return self._done()
+
+    def _done(self) -> str:
         parts = []
         for label, count in self.counts.items():
             part = (f"{label} {count}" if label == "Import" else
@@ -124,6 +132,10 @@ class DriverSettings:
     # best class (needs ``batches``).
     second_pass: bool = False
     image_handler: str = "relion_image_handler"  # rescales the second pass's reference
+    # The site's cluster queue: RELION submits the jobs that ask for it (relion_zo.slurm);
+    # None: every RELION job runs here.
+    queue: Queue | None = None
+    slurm_seconds: float = 1.0  # between two looks at the queue during a pass
 
 
 class _Stopped(Exception):
@@ -194,6 +206,13 @@ def _stat_fields(pid: int) -> list[str] | None:
             return handle.read().rsplit(")", 1)[-1].split()
     except OSError:
         return None
+
+
+def process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22), or
+    ``?``; with the pid, it names one process for the machine's uptime."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields and len(fields) > 19 else "?"
 
 
 def _alive(pid: int) -> bool:
@@ -424,6 +443,10 @@ class _StallWatch:
         self.signature: tuple | None = None
         self.folders = _FolderWatch()
 
+    def still(self, now: float) -> None:
+        """The pass waits for something outside it (the cluster's queue): not a hang."""
+        self.last_change = now
+
     def stuck(self, now: float) -> str | None:
         """The job the pass waits for when it has made no progress for ``limit`` s, else None."""
         if self.every is None or now < self.next_look:
@@ -440,6 +463,75 @@ class _StallWatch:
         return waiting[0] if waiting else "relion_pipeliner"
 
 
+class _QueueWatch:
+    """The Slurm jobs RELION submits during one pipeliner run (``relion_zo.slurm``): each one
+    noted with its id and RELION job once; those waiting shown in the progress; one that
+    Slurm ends as failed or cancelled before its RELION job wrote an exit file fails the
+    run, naming both; those still queued or running cancelled when the run ends. Jobs Slurm
+    knew before the run (an earlier pass's) are not this run's."""
+
+    def __init__(self, project: Path, queue: Queue, names: list[str], note, record,
+                 every: float, job_failure, lookup=slurm.project_jobs, cancel=slurm.cancel):
+        self.project, self.queue, self.names, self.note = project, queue, names, note
+        self.record = record
+        self.every, self.job_failure = every, job_failure
+        self.lookup, self._cancel = lookup, cancel
+        self.next_look = 0.0
+        self.current: list[slurm.SlurmJob] = []
+        self.warned = False
+        self.before = {job.job_id for job in self._jobs()}
+        self.noted: set[str] = set()
+        self.waiting_text = ""
+
+    def _jobs(self) -> list[slurm.SlurmJob]:
+        try:
+            jobs = self.lookup(self.project, self.queue)
+        except slurm.SlurmError as exc:
+            if not self.warned:
+                self.note(f"cannot read the cluster's queue now: {exc}")
+            self.warned = True
+            return self.current
+        self.warned = False
+        return jobs
+
+    def look(self, now: float) -> list[slurm.SlurmJob]:
+        """This run's Slurm jobs (looked up at most every ``every`` s); raises ``_Failed``."""
+        if now < self.next_look:
+            return self.current
+        self.next_look = now + self.every
+        self.current = [job for job in self._jobs() if job.job_id not in self.before
+                        and job.relion_job in self.names]
+        for job in self.current:
+            if job.job_id not in self.noted:
+                self.noted.add(job.job_id)
+                self.note(f"{job.relion_job} runs as Slurm job {job.job_id}")
+                self.record(f"{job.relion_job} runs as Slurm job {job.job_id}")
+        for job in self.current:
+            if job.failed and pl.exit_state(self.project, job.relion_job) is None:
+                raise _Failed(self.job_failure(job.relion_job, f"ended as {job.describe()}",
+                                               with_error=False))
+        return self.current
+
+    def waiting(self) -> str:
+        return ", ".join(f"{job.relion_job.rstrip('/')} ({job.describe()})"
+                         for job in self.current if job.waiting)
+
+    def cancel(self) -> None:
+        """Cancel what is still queued or running (it cannot outlive the run)."""
+        self.next_look = 0.0
+        try:
+            self.look(time.monotonic())
+        except _Failed:
+            pass
+        active = [job.job_id for job in self.current if job.active]
+        if active:
+            try:
+                self._cancel(active, self.queue)
+                self.note(f"cancelled Slurm job(s) {', '.join(active)}")
+            except slurm.SlurmError as exc:
+                self.note(f"could not cancel Slurm job(s) {', '.join(active)}: {exc}")
+
+
 def movies_on_disk(project: Path, movie_glob: str) -> int:
     """Movies RELION's glob would import (``glob(3)`` rules: no hidden files)."""
     return len(matching(project, movie_glob))
@@ -449,8 +541,9 @@ class _Run:
     """State of one driver run; all of it dies with the run."""
 
     def __init__(self, settings: DriverSettings, should_stop, on_tick, note,
-                 on_results=lambda jobs: None):
+                 on_results=lambda jobs: None, record=lambda text: None):
         self.s = settings
+        self.record = record
         self.should_stop = should_stop
         self.on_tick = on_tick
         self.on_results = on_results
@@ -541,6 +634,7 @@ class _Run:
     def env(self) -> dict[str, str]:
         env = dict(self.s.env if self.s.env is not None else os.environ)
         env[PROJECT_MARKER] = project_mark(self.s.project)  # how its leftovers are found
+        env = slurm.environment(self.s.queue, env)  # sbatch's cluster
         if os.geteuid() == 0:  # mpirun refuses to start as root without these
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
             env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -598,6 +692,8 @@ class _Run:
         argv = pl.schedule_argv(self.s.pipeliner, schedule, names)
         if movies:
             self.progress.passes += 1
+        queue = (_QueueWatch(project, self.s.queue, names, self.note, self.record,
+                             self.s.slurm_seconds, self.job_failure) if self.s.queue else None)
         started = time.monotonic()
         with open_append(project / "relion_zo_pipeliner.log", "pipeliner log", "ab") as out:
             proc = subprocess.Popen(argv, cwd=project, env=self.env(), stdin=subprocess.DEVNULL,
@@ -612,8 +708,13 @@ class _Run:
                 self.tick()
                 if movies and pl.exit_state(project, names[0]) == "success":
                     self.check_imported_names()
+                queued = queue.look(time.monotonic()) if queue else []
+                if queue:
+                    self.progress.queued = queue.waiting()
+                if any(job.waiting for job in queued):
+                    stall.still(time.monotonic())  # waiting for the cluster is not a hang
                 others = [pid for pid in group_members(pgid) if pid != proc.pid]
-                if others:
+                if others or any(job.active for job in queued):
                     alone_since = None
                 elif alone_since is None:
                     alone_since = time.monotonic()
@@ -633,7 +734,11 @@ class _Run:
                 time.sleep(self.s.poll_seconds)
         finally:
             # Whatever ended the pass: nothing it started may outlive it (MPI ranks run in
-            # process groups of their own, out of the pipeliner's group's reach).
+            # process groups of their own, out of the pipeliner's group's reach; the jobs it
+            # submitted to the cluster's queue).
+            if queue:
+                queue.cancel()
+                self.progress.queued = ""
             leftovers = set(group_members(pgid)) | set(started_for(project))
             if proc.poll() is None:
                 leftovers.add(proc.pid)
@@ -886,6 +991,7 @@ class _Run:
                 raise
             return self.result("failed", reason)
         finally:
+            slurm.cancel_project(project, self.s.queue)  # whatever a pass could not cancel
             end_relion_in(project)  # also removes RUNNING_RELION_IT and RUNNING_PIPELINER_*
 
     def finished(self, reason: str) -> DriverResult:
@@ -900,6 +1006,7 @@ class _Run:
         self.refresh_counts()
         try:
             self.note(f"{outcome}: {reason} ({self.progress.text()})")
+            self.note(f"RELION's commands took {self.progress.relion_seconds:.2f} s of the run")
         except OSError as exc:  # the run log may be on the disk that is full
             log.warning("could not note the end of the run (%s): %s", exc, reason)
         return DriverResult(outcome, reason, self.progress, dict(self.jobs))
@@ -912,10 +1019,12 @@ def run_driver(
     on_tick: Callable[[Progress], None] = lambda progress: None,
     note: Callable[[str], None] = log.info,
     on_results: Callable[[dict[str, str]], None] = lambda jobs: None,
+    record: Callable[[str], None] = lambda text: None,
 ) -> DriverResult:
     """Run preprocessing in ``settings.project`` until it finishes, is stopped, or fails.
     ``on_results(jobs)`` is called with relion_it's names of the project's jobs after each
-    pass and each batch job, before the progress that reports them."""
+    pass and each batch job, before the progress that reports them. ``record(text)`` keeps
+    what the job's record must show beyond the run log (the Slurm job of each RELION job)."""
     try:
         settings.project.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -923,4 +1032,4 @@ def run_driver(
         if reason is None:
             raise
         return DriverResult("failed", reason, Progress(), {})
-    return _Run(settings, should_stop, on_tick, note, on_results).run()
+    return _Run(settings, should_stop, on_tick, note, on_results, record).run()

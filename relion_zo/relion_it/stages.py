@@ -100,9 +100,7 @@ def check_stages(params: RelionItParameters) -> None:
 def check_capabilities(params: RelionItParameters, config: SiteConfig) -> None:
     """Refuse, before anything is written or run, what this site or relion_zo cannot do."""
     check_stages(params)
-    for key in SUBMIT_TO_QUEUE:
-        if getattr(params, key):
-            raise InputError(f"parameter {key}: queue submission is not configured at this site")
+    check_queue(params, config)
     if not _executable(config.executables.relion_pipeliner):
         raise InputError(
             f"relion_pipeliner ({config.executables.relion_pipeliner}) is not installed here"
@@ -131,6 +129,63 @@ def check_capabilities(params: RelionItParameters, config: SiteConfig) -> None:
 
 
 CRYOLO_JOB = "relion-zo-cryolo-job"  # the External job's program (relion_it/cryolo_job.py)
+
+
+QUEUE_KEYS = ("queue_name", "queue_submit_command", "queue_submission_template",
+              "queue_minimum_dedicated")
+
+
+def check_queue(p: RelionItParameters, config: SiteConfig) -> None:
+    """A job may send RELION's jobs to the site's queue and choose among its queues; the
+    command and template that RELION runs through a shell are the site's alone."""
+    queue = config.queue
+    if queue is None:
+        for key in (*SUBMIT_TO_QUEUE, *QUEUE_KEYS):
+            if key in p.model_fields_set and getattr(p, key) not in (None, False):
+                raise InputError(f"parameter {key}: queue submission is not configured at "
+                                 "this site; leave it out")
+        return
+    if p.queue_name is not None and p.queue_name not in queue.names:
+        raise InputError(f"parameter queue_name: {p.queue_name!r} is not a queue of this site "
+                         f"(queue.names: {', '.join(queue.names)})")
+    for key, site_value, setting in (
+            ("queue_submit_command", queue.submit_command, "queue.submit_command"),
+            ("queue_submission_template", queue.template(), "queue.submission_template")):
+        value = getattr(p, key)
+        if value is not None and value != site_value:
+            raise InputError(f"parameter {key}: the site sets it ({setting}: {site_value}); "
+                             "leave it out")
+    if any(getattr(p, key) for key in SUBMIT_TO_QUEUE) and not os.path.isfile(queue.template()):
+        raise InputError(f"the site's submission template is missing "
+                         f"(queue.submission_template: {queue.template()})")
+
+
+def with_queue(p: RelionItParameters, config: SiteConfig) -> RelionItParameters:
+    """``p`` with the site's queue settings where the job leaves them out (check_queue has
+    refused any other): what relion_it's queue options carry into each job.star."""
+    queue = config.queue
+    if queue is None:
+        return p
+    update = {"queue_name": p.queue_name or queue.names[0],
+              "queue_submit_command": queue.submit_command,
+              "queue_submission_template": queue.template(),
+              "queue_minimum_dedicated": p.queue_minimum_dedicated or queue.minimum_dedicated}
+    filled = p.model_copy(update=update)
+    filled._given = dict(p._given)
+    return filled
+
+
+def queue_options(p: RelionItParameters, submit: bool, *, always: bool = False
+                  ) -> list[tuple[str, object]]:
+    """relion_it's queue options (1504-1508), for a job whose ``*_submit_to_queue`` is set;
+    otherwise "Submit to queue? No" where relion_zo has always written it (``always``)."""
+    if not submit:
+        return [("Submit to queue?", False)] if always else []
+    return [("Submit to queue?", True),
+            ("Queue name: ", p.queue_name),
+            ("Queue submit command:", p.queue_submit_command),
+            ("Standard submission script:", p.queue_submission_template),
+            ("Minimum dedicated cores per node:", p.queue_minimum_dedicated)]
 
 
 def uses_cryolo(p: RelionItParameters, config: SiteConfig) -> bool:
@@ -173,6 +228,7 @@ def cryolo_stage(p: RelionItParameters, config: SiteConfig) -> Stage:
     for number, (label, value) in enumerate(params, start=1):
         options += [(f"Param{number} - label:", label), (f"Param{number} - value:", value)]
     options.append(("Number of threads:", 1))
+    options += queue_options(p, p.autopick_submit_to_queue)
     return Stage("autopick_job", "External", "AutoPick (crYOLO)", "summary.star", "",
                  tuple(options), alias="pass 1", counts="picked")
 
@@ -219,7 +275,7 @@ def stages(
         ("Use RELION's own implementation?", p.motioncor_do_own),
         ("Number of MPI procs:", p.motioncor_mpi),
         ("Number of threads:", p.motioncor_threads),
-        ("Submit to queue?", False),
+        *queue_options(p, p.motioncor_submit_to_queue, always=True),
     ]
     # relion_it passes both always, EER or not (RELION ignores them for other movies); coming
     # last on the command line they win over the job's own EER fractionation (32).
@@ -259,7 +315,7 @@ def stages(
                     ("Use power spectra from MotionCorr job?", power_spectra(p)),
                     ("Use exhaustive search?", False),
                     ("Number of MPI procs:", p.ctffind_mpi),
-                    ("Submit to queue?", False),
+                    *queue_options(p, p.ctffind_submit_to_queue, always=True),
                 ),
             )
         )
@@ -312,6 +368,7 @@ def picking_stages(p: RelionItParameters, reference: Reference | None = None, *,
             ("Ignore CTFs until first peak?", p.autopick_refs_ignore_ctf1stpeak),
             # relion_it: only for reference-based picking
             ("Use GPU acceleration?", second and p.autopick_do_gpu),
+            *queue_options(p, p.autopick_submit_to_queue),
         ),
         alias="pass 2" if second else "pass 1", counts="picked",
     )
@@ -328,6 +385,7 @@ def picking_stages(p: RelionItParameters, reference: Reference | None = None, *,
     ]
     if downscale:
         extract += [("Rescale particles?", True), ("Re-scaled size (pixels): ", small_box)]
+    extract += queue_options(p, p.extract_submit_to_queue)
     extract_name = "extract2_job" if second else "extract_job"
     result = [
         autopick,
@@ -418,7 +476,7 @@ class BatchPlan:
             ("Copy particles to scratch directory:", ""),
             ("Use GPU acceleration?", p.refine_do_gpu),
             ("Pre-read all particles into RAM?", p.refine_preread_images),
-            ("Submit to queue?", False),
+            *queue_options(p, p.refine_submit_to_queue, always=True),
         ]
 
     def discard(self, batch_file: str) -> Stage:
@@ -430,6 +488,7 @@ class BatchPlan:
                 ("OR: select on image statistics?", True),
                 ("Sigma-value for discarding images:", self.params.discard_sigma),
                 ("Metadata label for images:", "rlnImageName"),
+                *queue_options(self.params, self.params.discard_submit_to_queue),
             ),
             counts="",
         )
