@@ -6,7 +6,8 @@ RabbitMQ to the worker, which runs the job with real RELION (relion_it's two pas
 while the demo follows the job's state in ISPyB, then prints the visit's status table, the
 job's results in numbers and the path of its report (``relion-zo report``), and stops the
 services. ``--foreground`` runs the job in this process instead (``relion-zo run``,
-no broker). Run it again and it processes the same movies as a new job.
+no broker); ``--slurm`` has RELION send its jobs to the local stack's Slurm (docs/slurm.md).
+Run it again and it processes the same movies as a new job.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = stack.StackSettings.from_env(Path(args.stack) if args.stack else None)
         print("== local stack", flush=True)
         stack.up(settings)
-        print(f"MariaDB and RabbitMQ are up in {settings.root}")
+        print(f"MariaDB, RabbitMQ and Slurm are up in {settings.root}")
         print("== demo visit")
         demo = seed(args)
         print(f"visit {demo.visit}: {demo.image_directory}/{demo.file_template}")

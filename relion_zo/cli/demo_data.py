@@ -16,6 +16,8 @@ def add_demo_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack", help="the local stack's folder (default ./.stack)")
     parser.add_argument("--visit", default=DEMO_VISIT, help=f"visit name ({DEMO_VISIT})")
     parser.add_argument("--movies", type=int, default=4, help="number of movies (4)")
+    parser.add_argument("--slurm", action="store_true",
+                        help="send RELION's jobs to the local stack's Slurm (docs/slurm.md)")
 
 
 def seed(args: argparse.Namespace):
@@ -31,6 +33,7 @@ def seed(args: argparse.Namespace):
                 web_credentials=settings.web_credentials_path.resolve(),
                 visit=args.visit,
                 movies=args.movies,
+                slurm_conf=settings.slurm_conf_path.resolve() if args.slurm else None,
             )
     finally:
         engine.dispose()

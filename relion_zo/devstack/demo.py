@@ -37,7 +37,7 @@ from ispyb.sqlalchemy import (
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from relion_zo.devstack import particles, synthetic
+from relion_zo.devstack import particles, stack, synthetic
 from relion_zo.visits import parse_visit_name
 
 DEMO_VISIT = "cm00001-1"
@@ -98,6 +98,9 @@ DEMO_SITE_DEFAULTS = {
     "class3d_angle_step": "30 degrees",
 }
 CTFFIND_STANDIN = "relion-zo-ctffind-aspire"  # docs/ctffind-standin.md
+# With ``--slurm``: every job relion_it can send to a queue goes to the local stack's Slurm.
+QUEUE_DEFAULTS = {f"{step}_submit_to_queue": True for step in (
+    "motioncor", "ctffind", "autopick", "extract", "discard", "refine")}
 
 
 @dataclass(frozen=True)
@@ -198,9 +201,11 @@ def remove_visit(db: Session, session_id: int) -> None:
 
 
 def write_site_config(path: Path, data_root: Path, credentials: Path, zocalo: Path | None,
-                      web_credentials: Path | None = None) -> Path:
+                      web_credentials: Path | None = None, slurm_conf: Path | None = None
+                      ) -> Path:
     """The demo's site file; ``credentials`` are the processing side's, ``web_credentials``
-    the web side's (docs/ispyb.md)."""
+    the web side's (docs/ispyb.md); with ``slurm_conf`` (the local stack's Slurm) RELION's
+    jobs go to its queue."""
     config = {
         "data_roots": [str(data_root)],
         "visit_directory": str(data_root) + "/{year}/{visit}",
@@ -216,6 +221,10 @@ def write_site_config(path: Path, data_root: Path, credentials: Path, zocalo: Pa
                         "ctffind": shutil.which(CTFFIND_STANDIN) or CTFFIND_STANDIN},
         "relion_it_defaults": DEMO_SITE_DEFAULTS,
     }
+    if slurm_conf is not None:
+        config["queue"] = {"submit_command": "sbatch", "names": [stack.SLURM_PARTITION],
+                           "slurm_conf": str(slurm_conf)}
+        config["relion_it_defaults"] = {**DEMO_SITE_DEFAULTS, **QUEUE_DEFAULTS}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -236,6 +245,7 @@ def make_demo(
     web_credentials: Path | None = None,
     visit: str = DEMO_VISIT,
     movies: int = 4,
+    slurm_conf: Path | None = None,
 ) -> DemoVisit:
     """Seed the visit and write its files under ``root``. Safe to run again."""
     root = root.resolve()
@@ -260,7 +270,7 @@ def make_demo(
     if not gain.exists() or not _particle_movie(gain):
         synthetic.write_gain(gain, size=particles.MOVIE_SIZE)
     config_path = write_site_config(root / "relion_zo.yaml", data_root, credentials, zocalo,
-                                    web_credentials)
+                                    web_credentials, slurm_conf)
     parameters_path = root / "parameters.yaml"
     parameters_path.write_text(yaml.safe_dump(DEMO_PARAMETERS, sort_keys=False))
     return DemoVisit(
