@@ -29,7 +29,7 @@ from ispyb.sqlalchemy import (
     ProcessingJobImageSweep,
     ProcessingJobParameter,
 )
-from sqlalchemy import Connection, insert, or_, select, text
+from sqlalchemy import Connection, func, insert, or_, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -149,16 +149,24 @@ def check_parameters_on_disk(params: RelionItParameters, visit_dir: Path) -> Non
 
 
 def _find_data_collection(db: Session, session_id: int, folder: Path, template: str) -> int | None:
+    """The newest data collection of the visit with this folder and template, or None.
+
+    ``MAX()``, not ``ORDER BY dataCollectionId DESC LIMIT 1``: with the LIMIT, MariaDB may walk
+    the primary key backwards from the newest row of the whole table until a row matches, and
+    for a data collection that does not exist yet (every Start of a new one) that is every row
+    of DataCollection. With ``MAX()`` it reads the rows of the folder (index
+    ``DataCollection_FKIndexImageDirectory``) or of the visit (``DataCollection_FKIndex00``),
+    whichever it expects fewer of; ISPyB has no index on ``fileTemplate`` (a facility whose data
+    collections share folders can add ``sql/optional_indexes.sql``; docs/performance.md)."""
     plain = str(folder).rstrip("/")
     return db.execute(
-        select(DataCollection.dataCollectionId)
+        select(func.max(DataCollection.dataCollectionId))
         .where(
             DataCollection.SESSIONID == session_id,
-            or_(DataCollection.imageDirectory == plain, DataCollection.imageDirectory == plain + "/"),
+            or_(DataCollection.imageDirectory == plain,
+                DataCollection.imageDirectory == plain + "/"),
             DataCollection.fileTemplate == template,
         )
-        .order_by(DataCollection.dataCollectionId.desc())
-        .limit(1)
     ).scalar()
 
 

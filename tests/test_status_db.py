@@ -3,11 +3,12 @@ relion_zo/sql/job_status.sql: every state, the filters, the newest program, one 
 
 from __future__ import annotations
 
-from sqlalchemy import event, text, update
-
 from conftest import GOOD_PARAMS
-from ispyb.sqlalchemy import AutoProcProgram
+from ispyb.sqlalchemy import AutoProcProgram, ProcessingJob
+from sqlalchemy import event, insert, text, update
+
 from relion_zo import jobs, programs, status
+from relion_zo.visits import find_visit
 
 
 def _job_in_state(db, site, visit, state: str) -> int:
@@ -99,3 +100,32 @@ def test_a_visit_is_one_query_whatever_its_size(db, site, visit):
         event.remove(db.bind.engine, "before_cursor_execute", count)
     assert len(rows) == len(status.STATES)
     assert len(statements) == 1
+
+
+def test_the_status_of_a_visit_is_at_most_two_statements(db, site, visit):
+    """What `relion-zo status --visit` asks the database, counted with SQLAlchemy's
+    ``before_cursor_execute`` event: the visit by name, then job_status.sql, whatever the
+    visit holds (every state, a job with two programs, another pipeline's job)."""
+    expected = {_job_in_state(db, site, visit, s): s for s in status.STATES}
+    again = next(pjid for pjid, s in expected.items() if s == "failure")
+    programs.mark_running(db, programs.register(db, again))  # its newest program decides
+    expected[again] = "running"
+    db.execute(insert(ProcessingJob).values(
+        dataCollectionId=status.query_states(db, stale_seconds=site.stale_seconds,
+                                             processing_job_id=again)[0].data_collection_id,
+        recipe="em-spa-preprocess"))
+    db.commit()
+    db.connection()  # the test's own SAVEPOINT, before counting
+    statements = []
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(db.bind.engine, "before_cursor_execute", count)
+    try:
+        session_id = find_visit(db, visit.name).session_id
+        rows = status.query_states(db, stale_seconds=site.stale_seconds, session_id=session_id)
+    finally:
+        event.remove(db.bind.engine, "before_cursor_execute", count)
+    assert {r.processing_job_id: r.state for r in rows} == expected
+    assert len(statements) <= 2, statements

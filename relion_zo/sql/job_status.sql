@@ -7,6 +7,9 @@
 --   :data_collection_id   one data collection
 --   :session_id           one visit (BLSession.sessionId)
 -- At a MariaDB prompt, put a value (or NULL) in place of each bind parameter.
+-- Its cost grows with the jobs it returns, never with the rest of the tables: a visit is read
+-- through production's indexes DataCollection(SESSIONID), ProcessingJob(dataCollectionId) and
+-- AutoProcProgram(processingJobId), a few index lookups a job (docs/performance.md).
 SELECT
     pj.processingJobId AS processing_job_id,
     pj.dataCollectionId AS data_collection_id,
@@ -32,14 +35,16 @@ SELECT
     END AS state
 FROM ProcessingJob pj
 JOIN DataCollection dc ON dc.dataCollectionId = pj.dataCollectionId
+-- The newest program: the job's program that no newer program of the job follows (a job
+-- without any keeps NULLs: submitted). One index probe a program, where a MAX() subquery per
+-- job was evaluated about three times a job.
 LEFT JOIN AutoProcProgram app
     ON app.processingJobId = pj.processingJobId
-   AND app.autoProcProgramId = (
-       SELECT MAX(newest.autoProcProgramId)
-       FROM AutoProcProgram newest
-       WHERE newest.processingJobId = pj.processingJobId
-   )
-WHERE pj.recipe = 'relion'
+LEFT JOIN AutoProcProgram newer
+    ON newer.processingJobId = pj.processingJobId
+   AND newer.autoProcProgramId > app.autoProcProgramId
+WHERE newer.autoProcProgramId IS NULL
+  AND pj.recipe = 'relion'
   AND (:processing_job_id IS NULL OR pj.processingJobId = :processing_job_id)
   AND (:data_collection_id IS NULL OR pj.dataCollectionId = :data_collection_id)
   AND (:session_id IS NULL OR dc.SESSIONID = :session_id)
