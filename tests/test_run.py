@@ -119,6 +119,29 @@ def test_streaming_movies_added_while_running(processing_engine,
     assert len(corrected) == 4
 
 
+def test_a_session_that_has_not_begun_runs_no_relion_until_its_first_movie(
+        processing_engine, engine, tmp_path, stack_settings, live_visits):
+    site = site_config(tmp_path, stack_settings, idle_seconds=6)
+    live = live_visits(site, movies=1)
+    pjid = live.start()
+    for movie in live.raw.glob("*.mrc"):  # the folder is empty when the run begins
+        movie.unlink()
+    run = Background(pjid, engine=processing_engine, config=site)
+    project = live.project(pjid)
+    deadline = time.monotonic() + 60
+    while not (project / runner.RUN_LOG).exists() or job_status(engine, site, pjid).state != (
+            "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.5)  # a pass would have run RELION's Import on nothing by now
+    assert not (project / "relion_zo_pipeliner.log").exists()
+    assert not list(project.glob("Import/job*/movies.star"))  # added, never run
+    live.add_movies(1)
+    outcome = run.join(RUN_LIMIT)
+    assert outcome.state == "success", outcome.message
+    assert outcome.message == "Import 1, MotionCorr 1/1"
+
+
 def test_stop_ends_relion_and_records_stopped(processing_engine,
                                               engine, tmp_path, stack_settings, capsys,
                                               live_visits):

@@ -959,6 +959,13 @@ class _Run:
             for _ in range(self.s.repeat_times):
                 self.check_stop()
                 self.wait_for_movies()
+                if not movies_on_disk(self.s.project, self.s.movie_glob):
+                    # Nothing to import (a session that has not begun): no pipeliner run,
+                    # RELION's Import would find nothing; the idle rule still ends the run.
+                    if time.monotonic() - since_new >= self.s.idle_seconds:
+                        return self.finished(f"no movies for {self.s.idle_seconds:.0f} s")
+                    self.wait_between_passes(since_new)
+                    continue
                 before = dict(self.progress.counts)
                 self.run_pass()
                 self.on_results(dict(self.jobs))  # recorded before the beat that reports them
