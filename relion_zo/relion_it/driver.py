@@ -59,6 +59,7 @@ SCHEDULE = "PREPROCESS"  # relion_it's PREPROCESS_SCHEDULE_PASS1
 SCHEDULE_PASS2 = "PREPROCESS_PASS2"
 RUNNING_SCHEDULE = f"RUNNING_PIPELINER_{SCHEDULE}"  # removing it stops the run (relion_it's way)
 PROJECT_MARKER = "RELION_ZO_PROJECT"  # in the environment of every process a run starts
+SLURM_GONE_SECONDS = 15.0  # a cancelled Slurm job's end is waited for this long at most
 STALL_SCAN_SECONDS = 5.0  # at most this long between two looks at a pass's job folders
 KILL_GRACE_SECONDS = 1.0  # between SIGTERM and SIGKILL
 # A file system is (nearly) full when less than this is free, or less than the fraction of its
@@ -516,8 +517,8 @@ class _QueueWatch:
         return ", ".join(f"{job.relion_job.rstrip('/')} ({job.describe()})"
                          for job in self.current if job.waiting)
 
-    def cancel(self) -> None:
-        """Cancel what is still queued or running (it cannot outlive the run)."""
+    def cancel(self) -> list[str]:
+        """Cancel what is still queued or running (it cannot outlive the run); their ids."""
         self.next_look = 0.0
         try:
             self.look(time.monotonic())
@@ -530,6 +531,21 @@ class _QueueWatch:
                 self.note(f"cancelled Slurm job(s) {', '.join(active)}")
             except slurm.SlurmError as exc:
                 self.note(f"could not cancel Slurm job(s) {', '.join(active)}: {exc}")
+                return []
+        return active
+
+    def wait_gone(self, ids: list[str], limit: float = SLURM_GONE_SECONDS) -> None:
+        """Until Slurm has ended the cancelled jobs (``COMPLETING`` while slurmd kills their
+        processes), so the run's final status comes after them; at most ``limit`` seconds."""
+        deadline = time.monotonic() + limit
+        while ids:
+            still = [job.job_id for job in self._jobs() if job.job_id in ids and job.active]
+            if not still:
+                return
+            if time.monotonic() > deadline:
+                self.note(f"Slurm job(s) {', '.join(still)} still ending after {limit:.0f} s")
+                return
+            time.sleep(0.1)
 
 
 def movies_on_disk(project: Path, movie_glob: str) -> int:
@@ -736,15 +752,16 @@ class _Run:
             # Whatever ended the pass: nothing it started may outlive it (MPI ranks run in
             # process groups of their own, out of the pipeliner's group's reach; the jobs it
             # submitted to the cluster's queue).
-            if queue:
-                queue.cancel()
-                self.progress.queued = ""
+            cancelled = queue.cancel() if queue else []
+            self.progress.queued = ""
             leftovers = set(group_members(pgid)) | set(started_for(project))
             if proc.poll() is None:
                 leftovers.add(proc.pid)
             if leftovers:
                 end_processes(leftovers, {pgid})
             proc.wait()
+            if queue:
+                queue.wait_gone(cancelled)
             self.progress.relion_seconds += time.monotonic() - started
             pl.clear_stale_lock(project)
         self.check_stop(names)
