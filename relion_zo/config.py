@@ -30,6 +30,18 @@ class ConfigError(RelionZoError, ValueError):
     """The site configuration is missing or invalid."""
 
 
+def checked_command(value: str | None, *, absolute: bool = False) -> str | None:
+    """A program or file the site names that RELION puts into a command run through a shell:
+    refused with the reason when the shell would misread it, or when ``absolute`` and it is
+    not an absolute path."""
+    reason = unsafe_reason(value) if value else None
+    if reason:
+        raise ValueError(reason)
+    if absolute and value and not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return value
+
+
 class Executables(BaseModel):
     """Programs relion_zo or RELION call. ``None`` means not installed at this site."""
 
@@ -44,10 +56,7 @@ class Executables(BaseModel):
     @classmethod
     def _shell_safe(cls, value: str | None) -> str | None:
         # RELION puts ctffind's and MotionCor2's paths into commands it runs through a shell.
-        reason = unsafe_reason(value) if value else None
-        if reason:
-            raise ValueError(reason)
-        return value
+        return checked_command(value)
 
 
 QUEUE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # a Slurm partition's name
@@ -74,21 +83,16 @@ class Queue(BaseModel):
         default=None, description="SLURM_CONF for sbatch, squeue and scancel, when not the "
         "system's")
 
-    @field_validator("submit_command", "submission_template", "slurm_conf")
+    @field_validator("submit_command")
     @classmethod
-    def _shell_safe(cls, value: str | None) -> str | None:
+    def _shell_safe(cls, value: str) -> str:
         # RELION runs "submit_command script" through a shell
-        reason = unsafe_reason(value) if value else None
-        if reason:
-            raise ValueError(reason)
-        return value
+        return checked_command(value)
 
     @field_validator("submission_template", "slurm_conf")
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
-        if value and not value.startswith("/"):
-            raise ValueError("must be an absolute path")
-        return value
+        return checked_command(value, absolute=True)
 
     @field_validator("names")
     @classmethod
@@ -168,12 +172,7 @@ class SiteConfig(BaseModel):
     @classmethod
     def _weights_shell_safe(cls, value: str | None) -> str | None:
         # RELION puts the model's path into the crYOLO job's command, run through a shell
-        reason = unsafe_reason(value) if value else None
-        if reason:
-            raise ValueError(reason)
-        if value and not value.startswith("/"):
-            raise ValueError("must be an absolute path")
-        return value
+        return checked_command(value, absolute=True)
 
     @field_validator("data_roots")
     @classmethod
